@@ -1,0 +1,1 @@
+"""cncf-llm pipeline stages; each submodule runs as `python -m stages.<name>`."""

@@ -1,0 +1,1 @@
+"""Code shared by several stages: params, JSONL I/O, HTTP, logging, metrics."""

@@ -1,0 +1,50 @@
+"""One entry-point shape for every stage: --params, --log-level, one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from stages.common.params import ParamsError
+
+log = logging.getLogger("cncf_llm")
+
+
+class StageError(Exception):
+    """A failure the user can act on (bad input, offline, missing file): printed as one line, exit 1."""
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    # Libraries that log every request or file at INFO drown the stage's own story.
+    for noisy in ("urllib3", "filelock", "httpx", "scrapy", "trafilatura", "datasets", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def stage_parser(description: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default: INFO)")
+    return parser
+
+
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a stage's main; user-fixable errors become one clear line and exit code 1."""
+    try:
+        main(argv)
+    except (StageError, ParamsError) as exc:
+        if not logging.getLogger().handlers:
+            setup_logging()
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,75 @@
+"""A tiny Llama-shaped causal LM with a byte-level BPE tokenizer trained on corpus text.
+
+Tests of qa_gen (llm path), train and eval need a real transformers model that loads from a local path, has a
+chat template with `{% generation %}` markers (for assistant-only loss) and runs in milliseconds on CPU.
+It is random, so tests assert plumbing (files, shapes, finite losses), never quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+DEFAULT_TEXT = [
+    "Kubernetes is an open source system for automating deployment, scaling and management of containers.",
+    "Prometheus scrapes metrics from instrumented jobs and stores them as time series.",
+    "Helm is the package manager for Kubernetes; a chart describes a set of Kubernetes resources.",
+    "etcd is a distributed, reliable key-value store for the most critical data of a distributed system.",
+    "kubectl apply -f deployment.yaml creates a Deployment with three replicas of the nginx Pod.",
+    "How do I configure a liveness probe? Add a livenessProbe with an httpGet on the container port.",
+]
+
+
+def corpus_text(corpus_dir: Path | None, max_files: int = 200) -> list[str]:
+    """Some English markdown from the shared corpus (sorted, bounded), else a small built-in text."""
+    texts = list(DEFAULT_TEXT)
+    if corpus_dir and corpus_dir.is_dir():
+        for path in sorted(corpus_dir.rglob("*.md"))[:max_files]:
+            texts.append(path.read_text(encoding="utf-8", errors="replace")[:4000])
+    return texts
+
+
+def build_tiny_model(out_dir: str | Path, texts: Iterable[str] | None = None, vocab_size: int = 512,
+                     hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
+    """Train the tokenizer, build a random LlamaForCausalLM, save both to `out_dir`; returns the path."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts or DEFAULT_TEXT), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                        unk_token="<|endoftext|>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(out)
+    return out
