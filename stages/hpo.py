@@ -8,6 +8,7 @@ best one can be applied with `dvc exp apply`. The study lives in `hpo.storage`, 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,10 +62,23 @@ def dvc_exp_run(overrides: dict[str, Any], target: str, name: str | None = None)
     for key, value in sorted(overrides.items()):
         cmd += ["-S", f"{key}={value}"]
     log.info("trial: %s", " ".join(cmd))
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=_env_with_git_identity())
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"dvc exp run failed: {tail[0]}")
+        lines = (result.stderr + result.stdout).strip().splitlines()
+        errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:] or ["no output"]
+        raise RuntimeError(f"dvc exp run failed: {errors[0]}")
+
+
+def _env_with_git_identity() -> dict[str, str]:
+    """`dvc exp run` commits to hidden refs; after the first trial that needs a git identity. Lend one if unset."""
+    env = dict(os.environ)
+    for key in ("name", "email"):
+        probe = subprocess.run(["git", "config", f"user.{key}"], capture_output=True, text=True)
+        if probe.returncode != 0 or not probe.stdout.strip():
+            value = "cncf-llm hpo" if key == "name" else "hpo@cncf-llm.invalid"
+            for role in ("AUTHOR", "COMMITTER"):
+                env.setdefault(f"GIT_{role}_{key.upper()}", value)
+    return env
 
 
 def run_study(params: dict[str, Any], runner: TrialRunner = dvc_exp_run, root: Path = Path(".")) -> dict[str, Any]:
