@@ -1,0 +1,93 @@
+"""Multiple-choice accuracy by option log-likelihood, with options shuffled per item by a seed.
+
+The model never sees the options listed, so the score is "which answer does the model find likeliest after the
+question". Shuffling (seeded per item) keeps a set written with the right answer always first from rewarding a
+position bias. Three choices are reported: summed log-likelihood (favours short options), per token and per
+character (length-normalised, lm-eval-harness's acc / acc_norm idea).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NORMS = ("sum", "token", "char")
+
+
+@dataclass(frozen=True)
+class McqItem:
+    item_id: str
+    question: str
+    options: list[tuple[str, str]]  # (option id, text), in the shuffled order the model is scored in
+    answer: str  # the correct option id
+    project: str
+
+
+def parse_options(raw: Any) -> list[tuple[str, str]]:
+    """Options as a list of {id, text} objects or an {id: text} mapping; ids are kept as strings."""
+    if isinstance(raw, dict):
+        return [(str(k), str(v)) for k, v in sorted(raw.items())]
+    if isinstance(raw, list) and all(isinstance(o, dict) and "id" in o and "text" in o for o in raw):
+        return [(str(o["id"]), str(o["text"])) for o in raw]
+    raise ValueError("options must be a list of {id, text} or a mapping id -> text")
+
+
+def parse_item(record: dict[str, Any], seed: int) -> McqItem:
+    """Validate one MCQ row and shuffle its options with a per-item seed (stable across runs and set order)."""
+    options = parse_options(record.get("options"))
+    answer = str(record.get("answer", ""))
+    item_id = str(record.get("id") or record.get("qa_id") or "")
+    question = str(record.get("question") or "").strip()
+    if not item_id or not question:
+        raise ValueError("MCQ row needs an id and a question")
+    if len(options) < 2 or len({oid for oid, _ in options}) != len(options):
+        raise ValueError("MCQ row needs at least two options with distinct ids")
+    if answer not in {oid for oid, _ in options}:
+        raise ValueError(f"answer {answer!r} is not one of the option ids")
+    random.Random(f"{seed}:{item_id}").shuffle(options)
+    return McqItem(item_id, question, options, answer, str(record.get("project") or "unknown"))
+
+
+def choose(logprobs: Sequence[float], n_tokens: Sequence[int], options: Sequence[str], norm: str) -> int:
+    """Index of the likeliest option under one normalisation; ties go to the earlier (shuffled) position."""
+    if norm == "sum":
+        values = list(logprobs)
+    elif norm == "token":
+        values = [lp / max(1, n) for lp, n in zip(logprobs, n_tokens, strict=True)]
+    elif norm == "char":
+        values = [lp / max(1, len(text)) for lp, text in zip(logprobs, options, strict=True)]
+    else:
+        raise ValueError(f"unknown normalisation {norm!r}")
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def item_correct(item: McqItem, scores: Sequence[tuple[float, int]]) -> dict[str, int]:
+    """1/0 correctness of one item under each normalisation, from (sum logprob, n tokens) per option."""
+    logprobs = [s for s, _ in scores]
+    counts = [n for _, n in scores]
+    texts = [text for _, text in item.options]
+    right = [oid for oid, _ in item.options].index(item.answer)
+    return {norm: int(choose(logprobs, counts, texts, norm) == right) for norm in NORMS}
+
+
+def score_items(model: Any, tokenizer: Any, items: Sequence[McqItem], system: str | None, *, batch_size: int,
+                max_tokens: int, desc: str) -> list[dict[str, int]]:
+    """Correctness per item for the model as it is now (call under `disable_adapter()` for the base)."""
+    from stages.eval.generate import chat_prompt
+    from stages.eval.perplexity import continuation_sequence, masked_logprobs
+
+    sequences = []
+    spans = []
+    for item in items:
+        prompt = chat_prompt(tokenizer, item.question, system)
+        start = len(sequences)
+        sequences.extend(continuation_sequence(tokenizer, prompt, text) for _, text in item.options)
+        spans.append((start, len(sequences)))
+    scores = masked_logprobs(model, sequences, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
+                             max_tokens=max_tokens, desc=desc)
+    return [item_correct(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
