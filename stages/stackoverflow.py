@@ -1,0 +1,597 @@
+"""stackoverflow: human-written Q&A pairs per CNCF project from Stack Overflow (StackExchange API 2.3).
+
+Why: generated docs pairs teach what the docs say; Stack Overflow answers teach how people fix real problems.
+Every record keeps its attribution (question link, answer author, licence), which CC BY-SA 4.0 requires.
+
+Sources (`stackoverflow.source`):
+- `api`: the live API. Tags per project come from the landscape's `stack_overflow_url` (else a slug of the
+  name, or the `stackoverflow.tags` override) and are validated with `/tags/{tags}/info`. Questions come from
+  `/questions?tagged=<tag>&sort=votes&order=desc&min=<min_question_score>` with a custom filter. The real API
+  needs a filter that includes `question.body_markdown;question.answers;answer.body_markdown;answer.score;
+  answer.is_accepted;answer.owner` (plus the default fields): with `stackoverflow.filter: ""` the stage creates
+  it once with `/filters/create`; `filter: withbody` also works (answers are then fetched separately from
+  `/questions/{ids}/answers`). The API's `backoff` field, `quota_remaining` and an optional `STACKEXCHANGE_KEY`
+  (env only) are honoured.
+- `dir`: replay saved API pages (offline runs, quota-free reruns, tests). Layout, one API page per file:
+    questions_<tag>_page_NNN.json       a `/questions` response (items may embed `answers`)
+    answers_<tag>_page_NNN.json         a `/questions/{ids}/answers` response for the questions of page NNN
+    answers_<tag>_page_NNN_MM.json      its continuation pages (MM >= 02) when that call had `has_more`
+  Answers are matched to questions by `question_id`. With `stackoverflow.save_dir`, the `api` source writes
+  exactly this layout, so any live run can be replayed.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlparse
+
+from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
+from stages.common.http import HttpClient, HttpError
+from stages.common.jsonl import stable_id, write_json, write_jsonl
+from stages.common.metrics import StageMetrics
+from stages.common.params import load_params
+from stages.common.progress import progress
+
+log = logging.getLogger(__name__)
+
+PROJECTS_PATH = Path("data/scrape/projects.jsonl")
+OUT_PATH = Path("data/stackoverflow/qa.jsonl")
+LICENSE = "CC BY-SA 4.0"
+FILTER_INCLUDE = ("question.body_markdown", "question.answers", "question.link", "question.title",
+                  "question.tags", "question.score", "question.answer_count", "answer.body_markdown",
+                  "answer.body", "answer.score", "answer.is_accepted", "answer.owner", "answer.answer_id",
+                  "answer.question_id", "answer.content_license", "shallow_user.display_name")
+API_PAGE_SIZE_MAX = 100
+OFFLINE_HINT = ("to run offline, replay saved API pages: -S stackoverflow.source=dir "
+                "-S stackoverflow.dir=<folder of questions_<tag>_page_NNN.json> "
+                "(e.g. ../shared/corpus/stackexchange)")
+_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
+_HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
+_LANG_HINT_RE = re.compile(r"^\s*<!--\s*language(?:-all)?:\s*(?:lang-)?([\w+#.-]+)\s*-->\s*$")
+
+
+# ------------------------------------------------------------------------------------------------ tags
+def tags_from_url(url: str) -> list[str]:
+    """`.../questions/tagged/argoproj+or+argo` -> [argoproj, argo]; a search URL names no tag."""
+    path = urlparse(url or "").path
+    match = re.search(r"/questions/tagged/([^/?#]+)", path)
+    if not match:
+        return []
+    parts = re.split(r"[+ ;]", unquote(match.group(1)).lower())
+    return [p for p in parts if p and p not in ("or", "and")]
+
+
+def slug_tag(name: str) -> str:
+    """Stack Overflow tag spelling of a project name: lowercase, words joined by '-'."""
+    return re.sub(r"[^a-z0-9.+#]+", "-", name.lower()).strip("-")
+
+
+def project_tags(projects: Iterable[dict[str, Any]], overrides: dict[str, Any]) -> dict[str, list[str]]:
+    """Tags to query per project, in a stable order; an override replaces what the landscape says."""
+    out: dict[str, list[str]] = {}
+    for rec in projects:
+        name = str(rec.get("project") or "").strip()
+        if not name:
+            continue
+        if name in overrides:
+            value = overrides[name]
+            tags = [value] if isinstance(value, str) else list(value or [])
+        else:
+            tags = tags_from_url(str(rec.get("stack_overflow_url") or "")) or [slug_tag(name)]
+        out[name] = sorted({str(t).strip().lower() for t in tags if str(t).strip()})
+    return dict(sorted(out.items()))
+
+
+def read_projects(path: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise StageError(f"{path} not found: run `dvc repro scrape` first")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError as exc:
+                log.warning("%s:%d: malformed JSON (%s); skipped", path, lineno, exc)
+                metrics.inc("errors.bad_projects_line")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- markup
+class _HtmlToMarkdown(HTMLParser):
+    """Stack Overflow post HTML -> markdown: code blocks fenced, inline code, links, lists, quotes kept."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.pre: list[str] | None = None
+        self.pre_lang = ""
+        self.links: list[str] = []
+        self.lists: list[list[int]] = []  # [ordered?, counter]
+        self.quotes: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if self.pre is not None:
+            if tag == "code":
+                self.pre_lang = _lang_from_class(a.get("class") or "") or self.pre_lang
+            return
+        if tag in ("p", "div", "table"):
+            self.out.append("\n\n")
+        elif tag == "br":
+            self.out.append("\n")
+        elif re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n" + "#" * int(tag[1]) + " ")
+        elif tag == "pre":
+            self.pre, self.pre_lang = [], _lang_from_class(a.get("class") or "")
+        elif tag == "code":
+            self.out.append("`")
+        elif tag in ("strong", "b"):
+            self.out.append("**")
+        elif tag in ("em", "i"):
+            self.out.append("*")
+        elif tag == "a":
+            self.links.append(a.get("href") or "")
+            self.out.append("[")
+        elif tag in ("ul", "ol"):
+            self.lists.append([tag == "ol", 0])
+            self.out.append("\n")
+        elif tag == "li":
+            indent = "  " * max(0, len(self.lists) - 1)
+            if self.lists and self.lists[-1][0]:
+                self.lists[-1][1] += 1
+                self.out.append(f"\n{indent}{self.lists[-1][1]}. ")
+            else:
+                self.out.append(f"\n{indent}- ")
+        elif tag == "blockquote":
+            self.out.append("\n\n")
+            self.quotes.append(len(self.out))
+        elif tag == "hr":
+            self.out.append("\n\n---\n\n")
+        elif tag == "img":
+            self.out.append(f"![{a.get('alt') or ''}]({a.get('src') or ''})")
+        elif tag in ("tr",):
+            self.out.append("\n")
+        elif tag in ("td", "th"):
+            self.out.append(" | ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.pre is not None:
+            if tag == "pre":
+                code = "".join(self.pre).strip("\n")
+                self.out.append(f"\n\n```{self.pre_lang}\n{code}\n```\n\n")
+                self.pre = None
+            return
+        if tag in ("p", "div", "table") or re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n")
+        elif tag == "code":
+            self.out.append("`")
+        elif tag in ("strong", "b"):
+            self.out.append("**")
+        elif tag in ("em", "i"):
+            self.out.append("*")
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            self.out.append(f"]({href})" if href else "]")
+        elif tag in ("ul", "ol") and self.lists:
+            self.lists.pop()
+            self.out.append("\n\n")
+        elif tag == "blockquote" and self.quotes:
+            start = self.quotes.pop()
+            inner = _tidy("".join(self.out[start:]))
+            self.out[start:] = ["\n".join("> " + line if line else ">" for line in inner.split("\n")), "\n\n"]
+
+    def handle_data(self, data: str) -> None:
+        if self.pre is not None:
+            self.pre.append(data)
+        else:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def _lang_from_class(value: str) -> str:
+    match = re.search(r"(?:lang|language)-([\w+#.-]+)", value)
+    return match.group(1) if match and match.group(1) not in ("none", "default") else ""
+
+
+def _tidy(text: str, keep_indent: bool = False) -> str:
+    """Trim line ends and blank runs outside code fences; code lines (and markdown indents) are kept."""
+    lines, in_fence = [], False
+    for line in text.split("\n"):
+        if line.strip().startswith("```"):
+            in_fence = not in_fence
+            lines.append(line.strip())
+        elif in_fence:
+            lines.append(line.rstrip())
+        else:
+            keep = keep_indent or _LIST_ITEM_RE.match(line)
+            lines.append(line.rstrip() if keep else line.strip())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def html_to_markdown(body: str) -> str:
+    parser = _HtmlToMarkdown()
+    parser.feed(body)
+    parser.close()
+    if parser.pre is not None:  # unclosed <pre>: keep its text as code rather than lose it
+        parser.out.append("\n\n```\n" + "".join(parser.pre).strip("\n") + "\n```\n")
+    return _tidy("".join(parser.out))
+
+
+def markdown_from_api(body_markdown: str) -> str:
+    """`body_markdown` is HTML-escaped Stack Overflow markdown; indented code blocks become fenced ones."""
+    lines = html.unescape(body_markdown).replace("\r\n", "\n").split("\n")
+    out: list[str] = []
+    lang = ""
+    i = 0
+    in_fence = False
+    while i < len(lines):
+        line = lines[i]
+        hint = _LANG_HINT_RE.match(line)
+        if hint and not in_fence:
+            lang = hint.group(1)
+            i += 1
+            continue
+        if line.strip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+            out.append(line)
+            i += 1
+            continue
+        if not in_fence and _is_indented(line) and _code_may_start(out):
+            block: list[str] = []
+            while i < len(lines) and (_is_indented(lines[i]) or not lines[i].strip()):
+                block.append(lines[i])
+                i += 1
+            while block and not block[-1].strip():
+                block.pop()
+            code = "\n".join(b[4:] if b.startswith("    ") else b.lstrip("\t") for b in block)
+            out += [f"```{lang}", code, "```", ""]
+            continue
+        out.append(line)
+        i += 1
+    return _tidy("\n".join(out), keep_indent=True)
+
+
+def _is_indented(line: str) -> bool:
+    return line.startswith(("    ", "\t")) and bool(line.strip())
+
+
+def _code_may_start(out: list[str]) -> bool:
+    """An indented block is code after a blank line, unless it continues a list item."""
+    if out and out[-1].strip():
+        return False
+    previous = next((line for line in reversed(out) if line.strip()), "")
+    return not (_LIST_ITEM_RE.match(previous) or _is_indented(previous))
+
+
+def post_text(post: dict[str, Any]) -> str:
+    """A post's text as markdown: body_markdown when the filter gave it, else the HTML body."""
+    if post.get("body_markdown"):
+        return markdown_from_api(str(post["body_markdown"]))
+    body = str(post.get("body") or "")
+    if not _HTML_TAG_RE.search(body):  # listing excerpts (and the shared corpus) are plain text: keep lines
+        return _tidy(html.unescape(body))
+    return html_to_markdown(body)
+
+
+# --------------------------------------------------------------------------------------------- sources
+class ApiSource:
+    """The live API: backoff per method, quota, retries (HttpClient), pages saved for replay."""
+
+    def __init__(self, cfg: dict[str, Any], client: HttpClient, metrics: StageMetrics,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base = str(cfg.get("api_url") or "").rstrip("/")
+        self.site = str(cfg.get("site") or "stackoverflow")
+        self.filter = str(cfg.get("filter") or "")
+        self.min_question_score = int(cfg.get("min_question_score", 1))
+        self.save_dir = Path(cfg["save_dir"]) if cfg.get("save_dir") else None
+        self.key = os.environ.get("STACKEXCHANGE_KEY", "")
+        self.client, self.metrics, self.sleep, self.clock = client, metrics, sleep, clock
+        self.not_before: dict[str, float] = {}
+        self.stopped = False
+        self.last_error = ""  # kind of the last failed call: bad_json pages are skipped, others end a tag
+
+    def call(self, method: str, path: str, params: dict[str, Any],
+             save_as: str | None = None) -> dict[str, Any] | None:
+        """One API request; None when it failed for good (counted) or the quota is spent."""
+        if self.stopped:
+            return None
+        wait = self.not_before.get(method, 0.0) - self.clock()
+        if wait > 0:
+            self.metrics.inc("backoff.waits")
+            self.sleep(wait)
+        query = {**params, "site": self.site}
+        if self.key:
+            query["key"] = self.key  # never logged: HttpClient logs hosts only
+        try:
+            data = self.client.get_json(f"{self.base}/{path}", params=query)
+        except HttpError as exc:
+            self.last_error = exc.kind if exc.kind != "http" else f"http_{exc.status}"
+            log.warning("%s: %s", method, str(exc).split("?")[0])
+            self.metrics.inc(f"errors.{self.last_error}")
+            return None
+        if not isinstance(data, dict) or "error_id" in data:
+            self.last_error = "api_error"
+            log.warning("%s: API error %s", method, data.get("error_name") if isinstance(data, dict) else data)
+            self.metrics.inc("errors.api_error")
+            return None
+        self.metrics.inc("requests.ok")
+        if data.get("backoff"):
+            # The API asks for silence on this method; ignoring it gets the key or IP throttled.
+            self.not_before[method] = self.clock() + float(data["backoff"])
+            self.metrics.inc("backoff.received")
+        if "quota_remaining" in data:
+            self.metrics.set("quota_remaining", int(data["quota_remaining"]))
+            if int(data["quota_remaining"]) <= 0:
+                log.warning("StackExchange quota exhausted: stopping after this page; rerun later or set "
+                            "STACKEXCHANGE_KEY for a larger quota")
+                self.metrics.inc("stopped.quota_exhausted")
+                self.stopped = True
+        if self.save_dir and save_as:
+            write_json(self.save_dir / save_as, data)
+        return data
+
+    def ensure_filter(self) -> None:
+        """Create the custom filter once (the real API only returns body_markdown and answers with it)."""
+        if self.filter:
+            return
+        data = self.call("filters/create", "filters/create",
+                         {"include": ";".join(FILTER_INCLUDE), "base": "default", "unsafe": "false"})
+        items = (data or {}).get("items") or []
+        if not items or not items[0].get("filter"):
+            raise StageError("could not create a StackExchange filter; set stackoverflow.filter (e.g. withbody)")
+        self.filter = str(items[0]["filter"])
+        log.info("created StackExchange filter %s", self.filter)
+
+    def known_tags(self, tags: Sequence[str]) -> set[str]:
+        known: set[str] = set()
+        for start in range(0, len(tags), 20):
+            batch = list(tags[start:start + 20])
+            data = self.call("tags/info", f"tags/{quote(';'.join(batch), safe=';')}/info",
+                             {"pagesize": API_PAGE_SIZE_MAX})
+            if data is None:
+                if self.stopped:
+                    break
+                known.update(batch)  # unverifiable (error counted): let the questions call decide
+                continue
+            known.update(str(item.get("name", "")).lower() for item in data.get("items") or [])
+        return known
+
+    def questions_page(self, tag: str, page: int, page_size: int) -> dict[str, Any] | None:
+        self.ensure_filter()
+        return self.call("questions", "questions",
+                         {"tagged": tag, "sort": "votes", "order": "desc", "min": self.min_question_score,
+                          "filter": self.filter, "page": page, "pagesize": page_size},
+                         save_as=f"questions_{tag}_page_{page:03d}.json")
+
+    def answers(self, tag: str, page: int, question_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Answers of questions whose page did not embed them, one `/questions/{ids}/answers` walk."""
+        out: list[dict[str, Any]] = []
+        ids = ";".join(str(i) for i in question_ids)
+        apage = 1
+        while True:
+            suffix = "" if apage == 1 else f"_{apage:02d}"
+            name = f"answers_{tag}_page_{page:03d}{suffix}.json"
+            data = self.call("questions/answers", f"questions/{ids}/answers",
+                             {"sort": "votes", "order": "desc", "filter": self.filter, "page": apage,
+                              "pagesize": API_PAGE_SIZE_MAX}, save_as=name)
+            if data is None:
+                return out
+            out += data.get("items") or []
+            if not data.get("has_more"):
+                return out
+            apage += 1
+
+
+class DirSource:
+    """Replays saved pages (see the module doc for the layout); a broken file is a warning and a counter."""
+
+    def __init__(self, directory: Path, metrics: StageMetrics) -> None:
+        if not directory.is_dir():
+            raise StageError(f"stackoverflow.dir {directory} is not a folder of saved API pages")
+        self.dir, self.metrics = directory, metrics
+        self.stopped = False
+        self.last_error = ""
+        self._answers: dict[str, dict[int, list[dict[str, Any]]]] = {}
+
+    def _load(self, path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("%s: malformed JSON (%s); skipped", path, exc)
+            self.metrics.inc("errors.bad_json")
+            self.last_error = "bad_json"
+            return None
+        if not isinstance(data, dict):
+            log.warning("%s: not an API response object; skipped", path)
+            self.metrics.inc("errors.bad_json")
+            self.last_error = "bad_json"
+            return None
+        return data
+
+    def known_tags(self, tags: Sequence[str]) -> set[str]:
+        return {t for t in tags if (self.dir / f"questions_{t}_page_001.json").is_file()}
+
+    def questions_page(self, tag: str, page: int, page_size: int) -> dict[str, Any] | None:
+        path = self.dir / f"questions_{tag}_page_{page:03d}.json"
+        if not path.is_file():
+            return {"items": [], "has_more": False}
+        data = self._load(path)
+        if data is not None and not (self.dir / f"questions_{tag}_page_{page + 1:03d}.json").is_file():
+            data["has_more"] = False  # a saved run may have been cut short: the files are the truth
+        return data
+
+    def answers(self, tag: str, page: int, question_ids: Sequence[int]) -> list[dict[str, Any]]:
+        if tag not in self._answers:
+            index: dict[int, list[dict[str, Any]]] = {}
+            for path in sorted(self.dir.glob(f"answers_{tag}_page_*.json")):
+                for item in (self._load(path) or {}).get("items") or []:
+                    index.setdefault(int(item.get("question_id", -1)), []).append(item)
+            self._answers[tag] = index
+        return [a for qid in question_ids for a in self._answers[tag].get(int(qid), [])]
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+def pick_answers(answers: Sequence[dict[str, Any]], min_score: int, limit: int,
+                 metrics: StageMetrics) -> list[dict[str, Any]]:
+    """Accepted answer first, then by score; low-scored and surplus answers are counted, not kept."""
+    good = [a for a in answers if int(a.get("score") or 0) >= min_score]
+    metrics.inc("dropped.low_answer_score", len(answers) - len(good))
+    good.sort(key=lambda a: (not a.get("is_accepted"), -int(a.get("score") or 0), int(a.get("answer_id") or 0)))
+    metrics.inc("dropped.extra_answers", max(0, len(good) - limit))
+    return good[:limit]
+
+
+def make_pairs(project: str, question: dict[str, Any], answers: Sequence[dict[str, Any]],
+               site: str, metrics: StageMetrics) -> list[dict[str, Any]]:
+    title = html.unescape(str(question.get("title") or "")).strip()
+    body = post_text(question)
+    q_text = f"{title}\n\n{body}".strip() if body else title
+    url = str(question.get("link") or f"https://{site}.com/questions/{question.get('question_id')}")
+    out = []
+    for ans in answers:
+        a_text = post_text(ans)
+        if not q_text or not a_text:
+            metrics.inc("dropped.empty")
+            continue
+        owner = ans.get("owner") or {}
+        out.append({
+            "qa_id": stable_id("stackoverflow", site, str(question.get("question_id")), str(ans.get("answer_id"))),
+            "question": q_text, "answer": a_text, "project": project, "url": url,
+            "score": int(ans.get("score") or 0), "is_accepted": bool(ans.get("is_accepted")),
+            "tags": list(question.get("tags") or []),
+            "author": html.unescape(str(owner.get("display_name") or "unknown")),
+            "license": str(ans.get("content_license") or LICENSE),
+        })
+    return out
+
+
+def collect_tag(source: ApiSource | DirSource, project: str, tag: str, cfg: dict[str, Any],
+                metrics: StageMetrics) -> tuple[list[dict[str, Any]], int]:
+    """All pairs of one tag (and how many questions it listed): paginate, fetch missing answers, pick."""
+    page_size = max(1, min(API_PAGE_SIZE_MAX, int(cfg.get("page_size", 100))))
+    max_questions = int(cfg.get("max_questions_per_tag", 300))
+    min_q, min_a = int(cfg.get("min_question_score", 1)), int(cfg.get("min_answer_score", 1))
+    per_question = int(cfg.get("max_answers_per_question", 1))
+    site = str(cfg.get("site") or "stackoverflow")
+    pairs: list[dict[str, Any]] = []
+    seen = 0
+    page = 1
+    while seen < max_questions and not source.stopped:
+        data = source.questions_page(tag, page, page_size)
+        if data is None:  # counted already; a malformed page is skipped, any other failure ends this tag
+            page += 1
+            if source.last_error != "bad_json" or page > max_questions // page_size + 2:
+                break
+            continue
+        items = (data.get("items") or [])[: max_questions - seen]
+        seen += len(items)
+        metrics.inc("questions.seen", len(items))
+        wanted = [q for q in items if int(q.get("score") or 0) >= min_q]
+        metrics.inc("dropped.low_question_score", len(items) - len(wanted))
+        missing = [int(q["question_id"]) for q in wanted
+                   if "answers" not in q and int(q.get("answer_count") or 0) > 0 and "question_id" in q]
+        fetched: dict[int, list[dict[str, Any]]] = {}
+        if missing:
+            for ans in source.answers(tag, page, missing):
+                fetched.setdefault(int(ans.get("question_id", -1)), []).append(ans)
+        for q in wanted:
+            answers = q.get("answers") if "answers" in q else fetched.get(int(q.get("question_id", -1)), [])
+            if not answers:
+                metrics.inc("dropped.no_answers")
+                continue
+            pairs += make_pairs(project, q, pick_answers(answers, min_a, per_question, metrics), site, metrics)
+        if not data.get("has_more") or not items:
+            break
+        page += 1
+    log.info("%s [%s]: %d questions, %d pairs", project, tag, seen, len(pairs))
+    return pairs, seen
+
+
+def collect(source: ApiSource | DirSource, tags_by_project: dict[str, list[str]], cfg: dict[str, Any],
+            metrics: StageMetrics) -> list[dict[str, Any]]:
+    """Pairs of every project, each (question, answer) once.
+
+    A question listed under several projects' tags goes to the project with the most specific tag (fewest
+    questions listed), then the first name: a `kubernetes-helm` question belongs to Helm, not Kubernetes.
+    """
+    all_tags = sorted({t for tags in tags_by_project.values() for t in tags})
+    metrics.inc("tags.requested", len(all_tags))
+    known = source.known_tags(all_tags) if all_tags else set()
+    for tag in all_tags:
+        if tag not in known:
+            log.info("tag %r is not a %s tag; skipped", tag, cfg.get("site", "stackoverflow"))
+            metrics.inc("dropped.unknown_tag")
+    fetched: dict[str, tuple[list[dict[str, Any]], int]] = {}
+    candidates: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+    for project, tags in progress(tags_by_project.items(), desc="stackoverflow", unit="project"):
+        for tag in tags:
+            if tag not in known or (source.stopped and tag not in fetched):
+                continue
+            if tag not in fetched:
+                fetched[tag] = collect_tag(source, project, tag, cfg, metrics)
+                metrics.inc("tags.fetched")
+            pairs, seen = fetched[tag]
+            for pair in pairs:
+                candidates.setdefault(pair["qa_id"], []).append((seen, project, pair))
+    out = []
+    for qa_id in sorted(candidates):
+        options = sorted(candidates[qa_id], key=lambda c: (c[0], c[1]))
+        metrics.inc("dropped.duplicate", len(options) - 1)
+        out.append({**options[0][2], "project": options[0][1]})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- run
+def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient | None = None,
+                sleep: Callable[[float], None] = time.sleep,
+                clock: Callable[[], float] = time.monotonic) -> ApiSource | DirSource:
+    kind = str(cfg.get("source") or "api")
+    if kind == "dir":
+        if not cfg.get("dir"):
+            raise StageError("stackoverflow.source=dir needs -S stackoverflow.dir=<folder of saved API pages>")
+        return DirSource(Path(str(cfg["dir"])), metrics)
+    if kind != "api":
+        raise StageError(f"stackoverflow.source must be api or dir, not {kind!r}")
+    client = client or HttpClient(timeout=float(cfg.get("timeout", 30)), max_retries=int(cfg.get("max_retries", 5)),
+                                  offline_hint=OFFLINE_HINT, sleep=sleep)
+    return ApiSource(cfg, client, metrics, sleep=sleep, clock=clock)
+
+
+def run(projects_path: Path, out_path: Path, cfg: dict[str, Any], metrics: StageMetrics,
+        source: ApiSource | DirSource | None = None) -> list[dict[str, Any]]:
+    """The whole stage on explicit paths; tests pass a source wired to the fake API."""
+    tags_by_project = project_tags(read_projects(projects_path, metrics), dict(cfg.get("tags") or {}))
+    metrics.inc("in.projects", len(tags_by_project))
+    source = source or make_source(cfg, metrics)
+    pairs = collect(source, tags_by_project, cfg, metrics)
+    if isinstance(source, ApiSource):
+        for key, value in sorted(source.client.stats.items()):
+            metrics.set(f"http.{key}", value)
+    metrics.inc("out.pairs", write_jsonl(out_path, pairs))
+    metrics.set("out.projects", len({p["project"] for p in pairs}))
+    metrics.set("pairs_per_second", round(len(pairs) / max(metrics.elapsed, 1e-6), 2))
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = stage_parser(__doc__).parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = load_params("stackoverflow", args.params)
+    metrics = StageMetrics("stackoverflow")
+    pairs = run(PROJECTS_PATH, OUT_PATH, cfg, metrics)
+    metrics.write()
+    log.info("stackoverflow: %d pairs -> %s", len(pairs), OUT_PATH)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
