@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,13 +57,15 @@ class HttpClient:
     stats: dict[str, int] = field(default_factory=dict)
     _session: requests.Session = field(default_factory=requests.Session, repr=False)
     _ever_connected: bool = field(default=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self._session.headers.update({"User-Agent": "cncf-llm/0.1 (+https://github.com/cncf/landscape)"})
         self._session.headers.update(self.headers)
 
     def _count(self, key: str) -> None:
-        self.stats[key] = self.stats.get(key, 0) + 1
+        with self._lock:  # stages download with a thread pool through one client; `+= 1` on a dict races
+            self.stats[key] = self.stats.get(key, 0) + 1
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.backoff_max, self.backoff_base * (2**attempt))
@@ -94,15 +97,18 @@ class HttpClient:
                     raise HttpError(f"rate limited by {_host(url)} for {wait:.0f}s (over the {self.max_rate_limit_wait:.0f}s cap)",
                                     status, kind="rate_limit")
                 last_error = f"HTTP {status} rate limit"
+                resp.close()  # a streamed response holds its connection until closed
                 self._wait(wait, url, last_error)
                 continue
             if status in RETRY_STATUSES:
                 self._count(f"errors.http_{status}")
                 last_error = f"HTTP {status}"
+                resp.close()
                 self._wait(self._backoff(attempt), url, last_error)
                 continue
             if status >= 400:
                 self._count(f"errors.http_{status}")
+                resp.close()
                 raise HttpError(f"HTTP {status} for {url}", status)
             try:
                 body = _read_body(resp, max_bytes)
