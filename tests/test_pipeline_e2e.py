@@ -7,7 +7,6 @@ a param change that reruns only what depends on it, and the whole DAG down to ev
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -15,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stages.common.jsonl import read_jsonl
 
