@@ -7,6 +7,7 @@ a param change that reruns only what depends on it, and the whole DAG down to ev
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stages.common.jsonl import read_jsonl
 
@@ -89,3 +91,82 @@ def test_data_stages_reproduce_incrementally(project, corpus, env):
                  project / "params.yaml", project / "dvc.lock"]:
         if path.is_file():
             assert token not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def set_params(project: Path, updates: dict[str, dict]) -> None:
+    """Edit params.yaml the way a user would (section by section)."""
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_dir, tmp_path_factory):
+    """scrape -> ... -> eval with the fake StackExchange API and a tiny model; asserts the dataset's invariants."""
+    from tests.fakes.stackexchange_server import FakeStackExchange
+
+    c = corpus
+    set_params(project, {
+        "scrape": {"source": "mirror", "mirror_dir": f"{c}/repos", "landscape_url": f"{c}/landscape/landscape.yml"},
+        "train": {"base_model": str(tiny_model_dir), "max_steps": 4, "max_train_examples": 64,
+                  "max_eval_examples": 8, "batch_size": 2, "max_length": 128, "save_steps": 2, "logging_steps": 1},
+        "eval": {"max_examples": 6, "max_new_tokens": 12, "batch_size": 6, "bootstrap_samples": 50},
+    })
+    run(["dvc", "repro", "qa_gen"], project, env)
+    pairs = list(read_jsonl(project / "data/qa_gen/qa.jsonl"))
+    assert len(pairs) > 1000
+    planted = next(p for p in pairs if len(p["answer"].split()) > 30)
+    planted_set = tmp_path_factory.mktemp("evalsets") / "planted.jsonl"
+    planted_set.write_text(json.dumps({"question": planted["question"], "answer": planted["answer"]}) + "\n")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    sets = [*params["eval"]["sets"], {"name": "planted", "path": str(planted_set), "format": "qa"}]
+
+    with FakeStackExchange(c / "stackexchange", max_pages=2) as api:
+        set_params(project, {"stackoverflow": {"source": "api", "api_url": api.url, "max_questions_per_tag": 200},
+                             "eval": {"sets": sets}})
+        out = run(["dvc", "repro"], project, env)
+    assert {"stackoverflow", "merge", "base_model", "train", "eval"} <= ran_stages(out)
+
+    # The dataset: invariants on every record, no document in two splits, the planted question gone.
+    splits = {name: list(read_jsonl(project / f"data/merge/{name}.jsonl")) for name in ("train", "validation", "test")}
+    records = [r for rows in splits.values() for r in rows]
+    assert len(records) > 1000
+    assert {r["source"] for r in records} == {"docs", "stackoverflow"}
+    for r in records:
+        assert r["url"] and r["license"] and r["project"] and r["qa_id"]
+        assert [m["role"] for m in r["messages"]][-2:] == ["user", "assistant"]
+        assert all(m["content"].strip() for m in r["messages"])
+    assert len({r["qa_id"] for r in records}) == len(records)
+    pair_keys = [(r["messages"][-2]["content"], r["messages"][-1]["content"]) for r in records]
+    assert len(set(pair_keys)) == len(pair_keys)
+    docs_by_split = {name: {r["doc_id"] for r in rows} for name, rows in splits.items()}
+    assert not docs_by_split["train"] & docs_by_split["test"]
+    assert not docs_by_split["train"] & docs_by_split["validation"]
+    assert not docs_by_split["validation"] & docs_by_split["test"]
+    assert planted["question"] not in {q for q, _ in pair_keys}
+    merge_metrics = json.loads((project / "metrics/merge.json").read_text())
+    assert merge_metrics["dropped"]["contaminated"]["planted"] >= 1
+    assert (project / "data/merge/README.md").read_text().count("CC BY-SA 4.0") >= 1
+
+    # The model: the adapter loads, training losses are finite, tuned answers differ from the base's.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(project / "models/base")
+    tuned = PeftModel.from_pretrained(base, project / "models/adapter")
+    assert any("lora" in name for name, _ in tuned.named_parameters())
+    train_metrics = json.loads((project / "metrics/train.json").read_text())
+    assert math.isfinite(train_metrics["train_loss"])
+
+    predictions = list(read_jsonl(project / "data/eval/predictions.jsonl"))
+    assert predictions and any(p["base"] != p["tuned"] for p in predictions)
+    evaluation = json.loads((project / "metrics/eval.json").read_text())
+    report = (project / "metrics/report.md").read_text()
+    for name in ("merge-test", "cncf-qa", "cncf-mcq", "planted"):
+        assert name in evaluation["sets"], name
+        assert name in report, name
+    rouge = evaluation["sets"]["merge-test"]["metrics"]["rouge_l"]
+    assert all(math.isfinite(rouge[k]) for k in ("base", "tuned"))
+
+    assert ran_stages(run(["dvc", "repro"], project, env)) == set()
