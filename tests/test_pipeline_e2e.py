@@ -109,7 +109,7 @@ def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_di
     c = corpus
     set_params(project, {
         "scrape": {"source": "mirror", "mirror_dir": f"{c}/repos", "landscape_url": f"{c}/landscape/landscape.yml"},
-        "train": {"base_model": str(tiny_model_dir), "max_steps": 4, "max_train_examples": 64,
+        "train": {"base_model": str(tiny_model_dir), "max_steps": 10, "learning_rate": 0.05, "max_train_examples": 64,
                   "max_eval_examples": 8, "batch_size": 2, "max_length": 128, "save_steps": 2, "logging_steps": 1},
         "eval": {"max_examples": 6, "max_new_tokens": 12, "batch_size": 6, "bootstrap_samples": 50},
     })
@@ -160,7 +160,8 @@ def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_di
     assert math.isfinite(train_metrics["train_loss"])
 
     predictions = list(read_jsonl(project / "data/eval/predictions.jsonl"))
-    assert predictions and any(p["base"] != p["tuned"] for p in predictions)
+    assert predictions and all(p["ppl_base"] != p["ppl_tuned"] for p in predictions)
+    assert any(p["base"] != p["tuned"] for p in predictions), [(p["base"], p["tuned"]) for p in predictions]
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     report = (project / "metrics/report.md").read_text()
     for name in ("merge-test", "cncf-qa", "cncf-mcq", "planted"):
