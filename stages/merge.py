@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import atomic_write, read_jsonl, stable_id, write_jsonl
+from stages.common.jsonl import atomic_write, iter_jsonl_lenient, read_jsonl, stable_id, write_jsonl
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
 from stages.common.progress import progress
@@ -54,23 +54,9 @@ _WORD_RE = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------------------------- reading
-def iter_jsonl_lenient(path: Path, metrics: StageMetrics) -> Iterator[dict[str, Any]]:
-    """Yield records; a broken line is a WARNING naming path:line and a counter, not a failed run."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                log.warning("%s:%d: malformed JSON (%s); skipped", path, lineno, exc)
-                metrics.inc("errors.bad_json")
-                continue
-            if not isinstance(record, dict):
-                log.warning("%s:%d: not a JSON object; skipped", path, lineno)
-                metrics.inc("errors.bad_record")
-                continue
-            yield record
+def records(path: Path, metrics: StageMetrics) -> Iterator[dict[str, Any]]:
+    """Yield records; a broken line is a WARNING naming path:line and an `errors.<kind>` counter."""
+    return iter_jsonl_lenient(path, lambda kind: metrics.inc(f"errors.{kind}"))
 
 
 def pair_from_docs(rec: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +106,7 @@ def load_pairs(qa_gen_path: Path, stackoverflow_path: Path, metrics: StageMetric
             stage = "qa_gen" if source == "docs" else "stackoverflow"
             raise StageError(f"{path} not found: run `dvc repro {stage}` first")
         n = 0
-        for rec in iter_jsonl_lenient(path, metrics):
+        for rec in records(path, metrics):
             pairs.append(convert(rec))
             n += 1
         metrics.inc(f"in.{source}", n)
@@ -401,7 +387,7 @@ def manifest_licences(manifest_path: Path, metrics: StageMetrics) -> tuple[dict[
         log.warning("%s not found: the card will have no per-repo licence table", manifest_path)
         metrics.inc("errors.no_manifest")
         return repos, url_repo
-    for rec in iter_jsonl_lenient(manifest_path, metrics):
+    for rec in records(manifest_path, metrics):
         repo = str(rec.get("repo") or "unknown")
         entry = repos.setdefault(repo, {"licenses": set(), "files": 0, "projects": set()})
         entry["licenses"].add(str(rec.get("license") or "unknown"))
@@ -417,7 +403,7 @@ def entity_type_coverage(entities_path: Path, chunk_ids: set[str], metrics: Stag
     if not entities_path.is_file():
         return None
     per_type: dict[str, set[str]] = defaultdict(set)
-    for rec in iter_jsonl_lenient(entities_path, metrics):
+    for rec in records(entities_path, metrics):
         if rec.get("chunk_id") in chunk_ids and rec.get("type"):
             per_type[str(rec["type"])].add(str(rec["chunk_id"]))
     return {t: len(c) for t, c in sorted(per_type.items())}

@@ -53,7 +53,8 @@ def ran_stages(output: str) -> set[str]:
 def env(tmp_path_factory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("home")  # no global git identity, no user config: a fresh machine
     bin_dir = str(Path(sys.executable).parent)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    # A user's shell: no git identity, and Python writes __pycache__ beside the stage modules (DVC must ignore it).
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "PYTHONDONTWRITEBYTECODE"}
     return {**base, "HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}", "GITHUB_TOKEN": "ghp_e2eSecretTokenValue000000000000000"}
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -54,6 +57,31 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
         for line in fh:
             if line.strip():
                 yield json.loads(line)
+
+
+def iter_jsonl_lenient(path: str | Path, on_bad: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """Records of a JSONL file another stage or a user wrote: a broken line never stops the run.
+
+    A line that is not JSON, or not a JSON object, is a WARNING naming path:line, is reported to `on_bad` as
+    'bad_json' or 'not_object' (the caller's metrics counter), and is skipped.
+    """
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                log.warning("%s:%d: malformed JSON (%s); skipped", path, lineno, exc)
+                kind = "bad_json"
+            else:
+                if isinstance(record, dict):
+                    yield record
+                    continue
+                log.warning("%s:%d: not a JSON object; skipped", path, lineno)
+                kind = "not_object"
+            if on_bad is not None:
+                on_bad(kind)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -5,7 +5,6 @@ Kept apart from `__main__` so tests call `run_eval` with explicit paths and a pa
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError
-from stages.common.jsonl import stable_id, write_json, write_jsonl
+from stages.common.jsonl import iter_jsonl_lenient, stable_id, write_json, write_jsonl
 from stages.common.metrics import StageMetrics
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
@@ -66,23 +65,7 @@ class EvalSet:
 
 def read_rows(path: Path, set_name: str, stats: StageMetrics) -> list[dict[str, Any]]:
     """JSON objects of a JSONL file; a broken line is a warning with path:line and a counter, not a crash."""
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                log.warning("%s:%d: bad JSON (%s); skipped", path, lineno, exc.msg)
-                stats.inc(f"dropped.{set_name}.bad_json")
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                log.warning("%s:%d: not a JSON object; skipped", path, lineno)
-                stats.inc(f"dropped.{set_name}.not_object")
-    return rows
+    return list(iter_jsonl_lenient(path, lambda kind: stats.inc(f"dropped.{set_name}.{kind}")))
 
 
 def qa_from_messages(row: dict[str, Any]) -> QaItem:

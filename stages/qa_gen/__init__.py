@@ -8,7 +8,6 @@ model-based one feed the same dataset.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError
-from stages.common.jsonl import stable_id
+from stages.common.jsonl import iter_jsonl_lenient, stable_id
 from stages.common.metrics import StageMetrics
 from stages.qa_gen.grounding import grounding_score
 from stages.qa_gen.textutil import chunk_context, display_name, is_self_contained, n_words, normalize_question
@@ -43,22 +42,7 @@ OUTPUT_KEYS = (
 
 def read_records(path: Path, metrics: StageMetrics, what: str) -> list[dict[str, Any]]:
     """A JSONL file's records; a malformed line is a WARNING with its place and a counter, not a crash."""
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                log.warning("%s:%d: malformed JSON line skipped (%s)", path, lineno, exc.msg)
-                metrics.inc(f"errors.bad_input_line.{what}")
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                metrics.inc(f"errors.bad_input_line.{what}")
-    return records
+    return list(iter_jsonl_lenient(path, lambda kind: metrics.inc(f"errors.bad_input_line.{what}")))
 
 
 def load_chunks(path: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
