@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages import ner
 from stages.common.cli import StageError, run_cli
 from stages.common.jsonl import read_jsonl, stable_id, write_jsonl
+from stages.ner.__main__ import main
+from stages.ner.extract import EntityExtractor
+from stages.ner.gazetteer import WordStats, build_gazetteer, manifest_kinds
+from stages.ner.gold import evaluate
+from stages.ner.landscape import LandscapeItem, load_landscape
+from stages.ner.relations import landscape_relations, pattern_relations
+from stages.ner.spans import inside_identifier
+from stages.ner.vocab import ENTITY_TYPES, RELATION_TYPES
 
 GOLD = Path(__file__).parent / "data" / "ner_gold.jsonl"
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text(encoding="utf-8"))["ner"]
@@ -61,8 +68,8 @@ def chunks(corpus: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def items(landscape: Path) -> list[ner.LandscapeItem]:
-    return ner.load_landscape(landscape)
+def items(landscape: Path) -> list[LandscapeItem]:
+    return load_landscape(landscape)
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +78,13 @@ def gold() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def extractor(items: list[ner.LandscapeItem], chunks: list[dict], gold: list[dict]) -> ner.EntityExtractor:
+def extractor(items: list[LandscapeItem], chunks: list[dict], gold: list[dict]) -> EntityExtractor:
     texts = [c["text"] for c in chunks]
-    stats = ner.WordStats.from_texts([*texts, *(g["text"] for g in gold)])
-    return ner.EntityExtractor(ner.build_gazetteer(items, PARAMS["ambiguous_names"], stats, ner.manifest_kinds(texts)))
+    stats = WordStats.from_texts([*texts, *(g["text"] for g in gold)])
+    return EntityExtractor(build_gazetteer(items, PARAMS["ambiguous_names"], stats, manifest_kinds(texts)))
 
 
-def mentions(extractor: ner.EntityExtractor, text: str, project: str = "") -> list[tuple[str, str, str]]:
+def mentions(extractor: EntityExtractor, text: str, project: str = "") -> list[tuple[str, str, str]]:
     return [(m.text, m.type, m.entity) for m in next(extractor.extract([text], [project]))]
 
 
@@ -85,7 +92,7 @@ def mentions(extractor: ner.EntityExtractor, text: str, project: str = "") -> li
 def test_gold_set_is_big_varied_and_well_formed(gold: list[dict], corpus: Path) -> None:
     assert len(gold) >= 150
     labels = Counter(e["label"] for g in gold for e in g["entities"])
-    assert set(labels) == set(ner.ENTITY_TYPES), labels
+    assert set(labels) == set(ENTITY_TYPES), labels
     written = 0
     for g in gold:
         if g["source"] == "written":
@@ -116,19 +123,19 @@ def test_gold_has_ambiguous_names_as_projects_and_as_words(gold: list[dict]) -> 
 
 
 # --- quality on the gold set --------------------------------------------------------------------------------------
-def test_gold_f1_meets_the_goals(extractor: ner.EntityExtractor, gold: list[dict]) -> None:
-    scores = ner.evaluate(extractor, gold, PARAMS["ambiguous_names"])
+def test_gold_f1_meets_the_goals(extractor: EntityExtractor, gold: list[dict]) -> None:
+    scores = evaluate(extractor, gold, PARAMS["ambiguous_names"])
     assert scores["per_type"]["PROJECT"]["f1"] >= 0.9, scores["per_type"]["PROJECT"]
     assert scores["overall"]["f1"] >= 0.8, scores["overall"]
-    for etype in ner.ENTITY_TYPES:
+    for etype in ENTITY_TYPES:
         assert scores["per_type"][etype]["support"] > 0
     amb = scores["ambiguous"]
     assert amb["precision"] >= 0.9 and amb["word_uses_rejected"] == amb["word_uses"], amb
 
 
-def test_evaluate_counts_misses_and_false_alarms(extractor: ner.EntityExtractor) -> None:
+def test_evaluate_counts_misses_and_false_alarms(extractor: EntityExtractor) -> None:
     fake = [{"text": "Helm talks to Kubernetes.", "entities": [{"start": 0, "end": 4, "label": "CLI_TOOL"}]}]
-    scores = ner.evaluate(extractor, fake, ["Helm"])
+    scores = evaluate(extractor, fake, ["Helm"])
     assert scores["per_type"]["CLI_TOOL"]["fn"] == 1 and scores["per_type"]["PROJECT"]["fp"] == 2
     assert scores["overall"]["precision"] == 0.0
 
@@ -143,7 +150,7 @@ def test_evaluate_counts_misses_and_false_alarms(extractor: ner.EntityExtractor)
     "A notary public must witness the signature on the deed.",
     "What kind of problem is this?",
 ])
-def test_common_words_are_not_projects(extractor: ner.EntityExtractor, text: str) -> None:
+def test_common_words_are_not_projects(extractor: EntityExtractor, text: str) -> None:
     assert [m for m in mentions(extractor, text) if m[1] in ("PROJECT", "CLI_TOOL")] == []
 
 
@@ -157,17 +164,17 @@ def test_common_words_are_not_projects(extractor: ner.EntityExtractor, text: str
     ("Sync the app with Argo CD.", "Argo CD", "Argo"),
     ("We use Open Policy Agent to enforce policies.", "Open Policy Agent", "Open Policy Agent (OPA)"),
 ])
-def test_project_names_and_aliases(extractor: ner.EntityExtractor, text: str, surface: str, entity: str) -> None:
+def test_project_names_and_aliases(extractor: EntityExtractor, text: str, surface: str, entity: str) -> None:
     assert (surface, "PROJECT", entity) in mentions(extractor, text)
 
 
-def test_chunk_project_confirms_its_own_name(extractor: ner.EntityExtractor) -> None:
+def test_chunk_project_confirms_its_own_name(extractor: EntityExtractor) -> None:
     text = "Helm will no longer manage it in any way."
     assert mentions(extractor, text) == []  # sentence start, no cue word: the word "helm"?
     assert mentions(extractor, text, project="Helm") == [("Helm", "PROJECT", "Helm")]
 
 
-def test_cli_tools_need_a_command_context(extractor: ner.EntityExtractor) -> None:
+def test_cli_tools_need_a_command_context(extractor: EntityExtractor) -> None:
     assert ("helm", "CLI_TOOL", "helm") in mentions(extractor, "Run `helm install my-release ./chart` first.")
     assert ("kubectl", "CLI_TOOL", "kubectl") in mentions(extractor, "Check it with kubectl afterwards.")
     manifest = "```yaml\napiVersion: apps/v1\nkind: Deployment\n```"
@@ -178,7 +185,7 @@ def test_cli_tools_need_a_command_context(extractor: ner.EntityExtractor) -> Non
     assert ("linkerd", "CLI_TOOL", "linkerd") not in mentions(extractor, "Run `kubectl -n linkerd get pods` now.")
 
 
-def test_shapes_flags_keys_and_api_objects(extractor: ner.EntityExtractor) -> None:
+def test_shapes_flags_keys_and_api_objects(extractor: EntityExtractor) -> None:
     text = ("Set `spec.replicas` with `--replicas=3`, then create a `ServiceMonitor` resource in "
             "`monitoring.coreos.com/v1` and read kubernetes.io/docs or values.yaml.")
     found = mentions(extractor, text)
@@ -198,17 +205,17 @@ def test_shapes_flags_keys_and_api_objects(extractor: ner.EntityExtractor) -> No
 ])
 def test_names_glued_into_identifiers(text: str, surface: str, glued: bool) -> None:
     start = text.index(surface)
-    assert ner.inside_identifier(text, start, start + len(surface)) is glued
+    assert inside_identifier(text, start, start + len(surface)) is glued
 
 
 def test_manifest_kinds_split_core_and_custom() -> None:
     text = ("```yaml\napiVersion: apps/v1\nkind: Deployment\n---\napiVersion: example.com/v1\nkind: CronTab\n---\n"
             "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nspec:\n  names:\n    kind: Widget\n```")
-    assert ner.manifest_kinds([text]) == {"CronTab": "API_OBJECT", "CustomResourceDefinition": "API_OBJECT",
+    assert manifest_kinds([text]) == {"CronTab": "API_OBJECT", "CustomResourceDefinition": "API_OBJECT",
                                           "Deployment": "K8S_RESOURCE", "Widget": "API_OBJECT"}
 
 
-def test_landscape_types_and_categories(items: list[ner.LandscapeItem], extractor: ner.EntityExtractor) -> None:
+def test_landscape_types_and_categories(items: list[LandscapeItem], extractor: EntityExtractor) -> None:
     assert any(it.is_org and it.canonical == "Red Hat" for it in items)  # "(member)" suffix dropped
     assert {it.maturity for it in items} >= {"graduated", "incubating", "sandbox", ""}  # not only graduated
     found = mentions(extractor, "Red Hat and the CNCF maintain a service mesh and a container runtime.")
@@ -231,9 +238,9 @@ def test_landscape_types_and_categories(items: list[ner.LandscapeItem], extracto
     ("Thanos, a CNCF project, stores metrics for a long time.", ("Thanos", "part-of",
                                                                  "Cloud Native Computing Foundation")),
 ])
-def test_relation_patterns(extractor: ner.EntityExtractor, text: str, expected: tuple[str, str, str]) -> None:
+def test_relation_patterns(extractor: EntityExtractor, text: str, expected: tuple[str, str, str]) -> None:
     found = next(extractor.extract([text]))
-    assert [(h.entity, r, t.entity) for h, r, t in ner.pattern_relations(text, found)] == [expected]
+    assert [(h.entity, r, t.entity) for h, r, t in pattern_relations(text, found)] == [expected]
 
 
 @pytest.mark.parametrize("text", [
@@ -241,15 +248,15 @@ def test_relation_patterns(extractor: ner.EntityExtractor, text: str, expected: 
     "Kubernetes schedules Pods. Prometheus scrapes them.",  # different sentences
     "Helm and Kubernetes are both graduated.",  # no pattern
 ])
-def test_no_relation_without_evidence(extractor: ner.EntityExtractor, text: str) -> None:
+def test_no_relation_without_evidence(extractor: EntityExtractor, text: str) -> None:
     found = next(extractor.extract([text]))
-    rels = [(h.entity, r, t.entity) for h, r, t in ner.pattern_relations(text, found)]
+    rels = [(h.entity, r, t.entity) for h, r, t in pattern_relations(text, found)]
     assert ("Cloud Native Computing Foundation", "extends", "Prometheus") not in rels
     assert ("Kubernetes", "integrates-with", "Prometheus") not in rels and ("Helm", "uses", "Kubernetes") not in rels
 
 
-def test_landscape_facts(items: list[ner.LandscapeItem]) -> None:
-    facts = ner.landscape_relations(items, {"Prometheus", "Red Hat"})
+def test_landscape_facts(items: list[LandscapeItem]) -> None:
+    facts = landscape_relations(items, {"Prometheus", "Red Hat"})
     assert ("Prometheus", "PROJECT", "has-maturity", "graduated", "MATURITY") in facts
     assert ("Prometheus", "PROJECT", "in-category", "Observability", "CATEGORY") in facts
     assert all(f[0] == "Prometheus" for f in facts)  # members are organisations, not landscape software
@@ -276,13 +283,13 @@ def test_main_writes_contract_outputs_deterministically(tmp_path: Path, chunks: 
 
     sample = [*chunks[:150], {"chunk_id": "broken"}]  # one bad record: warned about, counted, skipped
     monkeypatch.chdir(_layout(tmp_path, sample, landscape))
-    assert run_cli(ner.main, []) == 0
+    assert run_cli(main, []) == 0
     out = tmp_path / "data" / "ner"
     first = {name: (out / name).read_bytes() for name in ("entities.jsonl", "relations.jsonl", "graph.json",
                                                           "graph.graphml")}
     by_id = {c["chunk_id"]: c["text"] for c in chunks[:150]}
     entities = list(read_jsonl(out / "entities.jsonl"))
-    assert entities and {e["type"] for e in entities} <= set(ner.ENTITY_TYPES)
+    assert entities and {e["type"] for e in entities} <= set(ENTITY_TYPES)
     for e in entities:
         assert set(e) == {"entity", "type", "text", "chunk_id", "span"}
         assert by_id[e["chunk_id"]][e["span"][0]:e["span"][1]] == e["text"]
@@ -292,7 +299,7 @@ def test_main_writes_contract_outputs_deterministically(tmp_path: Path, chunks: 
     for r in relations:
         assert set(r) == {"head", "head_type", "relation", "tail", "tail_type", "source", "count",
                           "evidence_chunk_id", "evidence_chunk_ids"}
-        assert r["relation"] in ner.RELATION_TYPES and len(r["evidence_chunk_ids"]) <= 20
+        assert r["relation"] in RELATION_TYPES and len(r["evidence_chunk_ids"]) <= 20
         assert r["evidence_chunk_ids"] == sorted(r["evidence_chunk_ids"])
         assert r["evidence_chunk_id"] == (r["evidence_chunk_ids"][0] if r["evidence_chunk_ids"] else None)
         if r["source"] == "cooccurrence":
@@ -307,7 +314,7 @@ def test_main_writes_contract_outputs_deterministically(tmp_path: Path, chunks: 
     assert metrics["gold"]["per_type"]["PROJECT"]["f1"] >= 0.9 and metrics["entities"]["total"] == len(entities)
     assert sum(metrics["entities"]["by_type"].values()) == len(entities)
 
-    assert run_cli(ner.main, []) == 0  # same inputs, same params: byte-identical data
+    assert run_cli(main, []) == 0  # same inputs, same params: byte-identical data
     assert {name: (out / name).read_bytes() for name in first} == first
 
 
@@ -315,6 +322,6 @@ def test_missing_input_is_one_line_error(tmp_path: Path, landscape: Path, monkey
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ner": PARAMS}), encoding="utf-8")
     with pytest.raises(StageError, match="langfilter"):
-        ner.main(["--landscape", str(landscape)])
-    assert run_cli(ner.main, ["--landscape", str(landscape)]) == 1
-    assert run_cli(ner.main, []) == 1  # no landscape either
+        main(["--landscape", str(landscape)])
+    assert run_cli(main, ["--landscape", str(landscape)]) == 1
+    assert run_cli(main, []) == 1  # no landscape either
