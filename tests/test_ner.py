@@ -325,3 +325,29 @@ def test_missing_input_is_one_line_error(tmp_path: Path, landscape: Path, monkey
         main(["--landscape", str(landscape)])
     assert run_cli(main, ["--landscape", str(landscape)]) == 1
     assert run_cli(main, []) == 1  # no landscape either
+
+
+def test_graph_png_is_the_same_whatever_the_hash_seed(tmp_path: Path) -> None:
+    """The drawing iterated a set once, so each run committed a different PNG; now it is byte-stable."""
+    import random
+    import subprocess
+    import sys
+
+    rng = random.Random(7)
+    names = [f"Project{i:02d}" for i in range(80)]  # more than the 40 drawn: the top-40 selection is what varied
+    rels = [{"head": h, "head_type": "PROJECT", "relation": rng.choice(["uses", "runs-on", "integrates-with"]),
+             "tail": t, "tail_type": "PROJECT", "source": "pattern", "count": rng.randint(1, 9)}
+            for h, t in {tuple(rng.sample(names, 2)) for _ in range(400)}]
+    # A hub with more neighbours than nodes drawn (like Kubernetes): networkx then iterates the kept-node *set*.
+    rels += [{"head": n, "head_type": "PROJECT", "relation": "runs-on", "tail": "Kubernetes", "tail_type": "PROJECT",
+              "source": "pattern", "count": 3} for n in names]
+    rels.sort(key=lambda r: (r["head"], r["tail"]))
+    write_jsonl(tmp_path / "relations.jsonl", rels)
+    script = ("import sys; from pathlib import Path; from stages.common.jsonl import read_jsonl; "
+              "from stages.ner.graph import draw_graph; "
+              "draw_graph(list(read_jsonl(sys.argv[1])), Path(sys.argv[2]))")
+    repo = Path(__file__).resolve().parents[1]
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "relations.jsonl"), str(tmp_path / f"{seed}.png")],
+                       cwd=repo, check=True, env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+    assert (tmp_path / "1.png").read_bytes() == (tmp_path / "2.png").read_bytes()

@@ -54,7 +54,12 @@ def draw_graph(relations: Sequence[dict[str, Any]], png_path: Path, top_nodes: i
         if not graph.has_edge(rec["head"], rec["tail"]):
             graph.add_edge(rec["head"], rec["tail"], relation=rec["relation"], count=rec["count"])
     ranked = sorted(graph.degree(weight="count"), key=lambda nd: (-nd[1], nd[0]))[:top_nodes]
-    sub = graph.subgraph([n for n, _ in ranked])
+    keep = {n for n, _ in ranked}
+    # A plain graph in sorted order: a subgraph view walks big neighbourhoods through the kept-node set, whose
+    # order follows the hash seed, so the drawing changed from run to run.
+    sub = nx.DiGraph()
+    sub.add_nodes_from(sorted(keep))
+    sub.add_edges_from((u, v, d) for u, v, d in graph.edges(data=True) if u in keep and v in keep)
     fig, ax = plt.subplots(figsize=(16, 12), dpi=100)
     if len(sub):
         pos = nx.spring_layout(sub, seed=42, k=1.2)
