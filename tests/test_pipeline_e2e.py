@@ -55,7 +55,7 @@ def env(tmp_path_factory) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     # A user's shell: no git identity, and Python writes __pycache__ beside the stage modules (DVC must ignore it).
     base = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") and k != "PYTHONDONTWRITEBYTECODE"}
-    return {**base, "HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}", "GITHUB_TOKEN": "ghp_e2eSecretTokenValue000000000000000"}
+    return {**base, "HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}", "GITHUB_TOKEN": "fake-e2e-github-token-7f3a9c51"}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from stages.scrape import github as github_mod
 from stages.scrape.__main__ import run_scrape
 from tests.fakes.github_server import FakeGitHub, FakeRepo
 
-TOKEN = "ghp_FAKE0123456789abcdefTOKEN"
+TOKEN = "fake-github-token-0123456789abcdef"
 HUGE = {"path": "docs/huge.pdf", "type": "blob", "size": 200_000_000, "sha": "0" * 40, "mode": "100644"}
 ESCAPE = {"path": "../../etc/passwd", "type": "blob", "size": 12, "sha": "1" * 40, "mode": "100644"}
 
