@@ -353,6 +353,25 @@ def split_pairs(pairs: list[dict[str, Any]], validation_fraction: float, test_fr
     return splits
 
 
+def decontaminate_heldout(splits: dict[str, list[dict[str, Any]]], n: int, min_words: int,
+                          metrics: StageMetrics) -> dict[str, list[dict[str, Any]]]:
+    """Drop validation/test pairs that share a word n-gram with the train split.
+
+    Grouping by document is not enough: one project's pages repeat boilerplate (CLI reference pages, option
+    tables), so a test pair from one page could be answered from another page's training pair. Scores on
+    held-out pairs should measure what the model learned, not what it memorised.
+    """
+    index = ContaminationIndex(n, min_words)
+    for pair in splits["train"]:
+        index.add("train", pair["question"] + "\n" + pair["answer"])
+    out = {"train": splits["train"]}
+    for name in ("validation", "test"):
+        kept = [p for p in splits[name] if not index.hits(p["question"] + "\n" + p["answer"])]
+        metrics.inc(f"dropped.heldout_overlap.{name}", len(splits[name]) - len(kept))
+        out[name] = kept
+    return out
+
+
 def to_chat_record(pair: dict[str, Any], system_prompt: str) -> dict[str, Any]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages += [{"role": "user", "content": pair["question"]}, {"role": "assistant", "content": pair["answer"]}]
@@ -546,6 +565,9 @@ def merge(qa_gen_path: Path, stackoverflow_path: Path, out_dir: Path, params: di
                        seed, priority, metrics)
     splits = split_pairs(pairs, float(cfg.get("validation_fraction", 0.05)), float(cfg.get("test_fraction", 0.05)),
                          seed)
+    if cfg.get("decontaminate_heldout", True):
+        splits = decontaminate_heldout(splits, int(cfg.get("decontam_ngram", 13)),
+                                       int(cfg.get("decontam_min_words", 3)), metrics)
 
     system_prompt = str(cfg.get("system_prompt") or "")
     for name in SPLITS:

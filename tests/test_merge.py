@@ -188,7 +188,7 @@ def test_drops_are_counted_by_reason(merged: dict[str, Any], inputs: dict[str, A
     assert m["dropped"]["exact_dup"] >= 1
     assert m["dropped"]["near_dup"] >= 1
     dropped = m["dropped"]["empty"] + m["dropped"]["exact_dup"] + m["dropped"]["near_dup"] \
-        + m["dropped"]["contaminated"]["total"]
+        + m["dropped"]["contaminated"]["total"] + sum(m["dropped"]["heldout_overlap"].values())
     assert m["out"]["total"] == m["in"]["total"] - dropped
     assert sum(m["by_source"].values()) == m["out"]["total"]
     ids = {r["qa_id"] for s in M.SPLITS for r in merged["records"][s]}
@@ -263,6 +263,19 @@ def test_split_is_grouped_and_seeded() -> None:
     assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
     with pytest.raises(StageError):
         M.split_pairs(pairs, 0.5, 0.5, seed=1)
+
+
+def test_heldout_pairs_sharing_an_ngram_with_train_are_dropped() -> None:
+    boiler = "Use this flag to set the name of the Redis HA proxy when the label differs from the default one"
+    pair = lambda i, g, text: {"qa_id": f"q{i}", "group": g, "question": f"Question {i}?", "answer": text}  # noqa: E731
+    splits = {"train": [pair(0, "a", boiler + " for the server.")],
+              "validation": [pair(1, "b", "Completely different words about Prometheus scraping targets here.")],
+              "test": [pair(2, "c", boiler + " for the controller."), pair(3, "d", "etcd stores keys.")]}
+    metrics = StageMetrics("merge")
+    out = M.decontaminate_heldout(splits, 13, 3, metrics)
+    assert [p["qa_id"] for p in out["test"]] == ["q3"]
+    assert [p["qa_id"] for p in out["validation"]] == ["q1"] and out["train"] == splits["train"]
+    assert metrics.as_dict()["dropped"]["heldout_overlap"] == {"test": 1, "validation": 0}
 
 
 def test_merge_is_deterministic(inputs: dict[str, Any], merged: dict[str, Any], tmp_path: Path) -> None:
