@@ -27,6 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.common.chat_templates import (  # noqa: F401 - re-exported: the stage's template API
+    GEMMA_TRAINING_TEMPLATE,
+    GENERATION_MARKER,
+    SMOLLM2_TEMPLATE,
+    chatml_training_template,
+    ensure_training_template,
+)
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.http import HttpClient, HttpError
 from stages.common.jsonl import sha256_file, write_json
@@ -37,51 +44,7 @@ log = logging.getLogger(__name__)
 OUT_DIR = Path("models/base")
 HF_ENDPOINT_DEFAULT = "https://huggingface.co"
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# SmolLM2-Instruct's ChatML template, as shipped in its GGUF and tokenizer_config.json.
-SMOLLM2_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
-    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def chatml_training_template(default_system: str | None) -> str:
-    """ChatML that renders exactly like SmolLM2's, with the assistant content and its <|im_end|> inside
-    `{% generation %}` so trl's assistant-only loss trains the model to answer and to stop."""
-    system = ""
-    if default_system is not None:
-        system = ("{% if loop.first and messages[0]['role'] != 'system' %}"
-                  "{{ '<|im_start|>system\n" + default_system.replace("'", "\\'") + "<|im_end|>\n' }}{% endif %}")
-    return (
-        "{% for message in messages %}" + system
-        + "{% if message['role'] == 'assistant' %}"
-        "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-        "{{ '\n' }}"
-        "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-        "{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-
-
-# Gemma's turn format (a system message is folded into the first user turn), with generation markers.
-GEMMA_TRAINING_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
-    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '<start_of_turn>model\n' }}{% generation %}{{ message['content'] + '<end_of_turn>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{% else %}{{ '<start_of_turn>' + message['role'] + '\n' + (first_user_prefix if loop.first else '')"
-    " + message['content'] + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
-
-GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
-CHATML_DEFAULT_SYSTEM = re.compile(r"\{\{ '<\|im_start\|>system\n(.*?)<\|im_end\|>\n' \}\}", re.DOTALL)
-
+BASE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -149,16 +112,31 @@ def download_from_hub(repo_id: str, endpoint: str | None = None) -> str:
                              allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
 
 
-def load_plain_model(source: ModelSource) -> tuple[Any, Any]:
-    """Load model + tokenizer in fp32; a GGUF model is rebuilt as a plain model so it can be saved."""
+def resolve_dtype(base_dtype: str, source: ModelSource) -> Any:
+    """`train.base_dtype` as a torch dtype, or "auto" for the checkpoint's own (bf16 for Gemma, Llama-3, Qwen2.5).
+
+    A GGUF has no float dtype of its own: its Q4_1/Q4_K blocks dequantize to float, kept in fp32 under "auto" so the
+    dequantized values are stored exactly (and CPU training runs in fp32 anyway); bf16 would round them a second
+    time. Refused before anything is loaded or written."""
     import torch
+
+    if base_dtype not in BASE_DTYPES:
+        raise StageError(f"train.base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}")
+    if base_dtype == "auto":
+        return torch.float32 if source.gguf_file else "auto"
+    return getattr(torch, base_dtype)
+
+
+def load_plain_model(source: ModelSource, dtype: Any = "auto") -> tuple[Any, Any]:
+    """Load model + tokenizer in `dtype` (the checkpoint's own under "auto": no fp32 copy of a bf16 model); a GGUF
+    model is rebuilt as a plain model so it can be saved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": source.gguf_file} if source.gguf_file else {}
-    log.info("loading %s from %s%s", source.name, source.model_dir,
-             f" ({source.gguf_file}, dequantizing)" if source.gguf_file else "")
+    log.info("loading %s from %s%s (dtype %s)", source.name, source.model_dir,
+             f" ({source.gguf_file}, dequantizing)" if source.gguf_file else "", dtype)
     tokenizer = AutoTokenizer.from_pretrained(source.model_dir, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source.model_dir, dtype=torch.float32, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source.model_dir, dtype=dtype, **kwargs)
     if source.gguf_file or getattr(model.config, "quantization_config", None) is not None:
         model = _rebuild_plain(model)
     return model, tokenizer
@@ -173,7 +151,7 @@ def _rebuild_plain(model: Any) -> Any:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     with torch.device("cpu"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=next(model.parameters()).dtype)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -185,41 +163,6 @@ def _rebuild_plain(model: Any) -> Any:
     return plain
 
 
-def ensure_training_template(tokenizer: Any, family: str = "auto") -> str:
-    """Give the tokenizer a chat template with `{% generation %}` markers; returns what was done."""
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    if template and GENERATION_MARKER.search(template):
-        return "kept (has generation markers)"
-    if template and _chatml_equivalent(template):
-        match = CHATML_DEFAULT_SYSTEM.search(template)
-        tokenizer.chat_template = chatml_training_template(match.group(1) if match else None)
-        return "chatml template rewritten with generation markers"
-    if not template:
-        if family == "gemma" or "<start_of_turn>" in tokenizer.get_vocab():
-            tokenizer.chat_template = GEMMA_TRAINING_TEMPLATE
-            return "gemma template added (model had none)"
-        tokenizer.chat_template = chatml_training_template(None)
-        return "chatml template added (model had none)"
-    # trl knows the training variants of common model families' templates.
-    from trl.chat_template_utils import get_training_chat_template
-
-    try:
-        patched = get_training_chat_template(tokenizer)
-    except ValueError as exc:
-        raise StageError(f"the chat template of this model has no {{% generation %}} markers and no known training "
-                         f"variant ({exc}); add the markers and point train.base_model at that local dir") from None
-    if patched:
-        tokenizer.chat_template = patched
-    return "trl training template"
-
-
-def _chatml_equivalent(template: str) -> bool:
-    """SmolLM2's template with another default system prompt (other SmolLM2 sizes): same rendering otherwise."""
-    return CHATML_DEFAULT_SYSTEM.sub("", template) == CHATML_DEFAULT_SYSTEM.sub("", SMOLLM2_TEMPLATE)
-
-
 def ensure_pad_token(tokenizer: Any, model: Any) -> None:
     """Batching needs a pad token; eos is safe because padded positions carry no loss and no attention."""
     if tokenizer.pad_token is None:
@@ -229,12 +172,19 @@ def ensure_pad_token(tokenizer: Any, model: Any) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def set_turn_end_as_eos(tokenizer: Any, model: Any) -> None:
-    """Gemma ends a turn with <end_of_turn>, not <eos>: generation must stop on either."""
-    vocab = tokenizer.get_vocab()
-    if "<end_of_turn>" in vocab and model.generation_config is not None:
-        ids = {tokenizer.eos_token_id, vocab["<end_of_turn>"]}
-        model.generation_config.eos_token_id = sorted(i for i in ids if i is not None)
+def record_stop_tokens(tokenizer: Any, model: Any) -> None:
+    """generation_config.eos_token_id lists every stop token: the config's own, the tokenizer's eos and the
+    template's end-of-turn (Gemma's <end_of_turn>, Llama-3's <|eot_id|>), so generate() stops at the end of a turn.
+    Left untouched when it already holds them all (the default SmolLM2 output stays byte-identical)."""
+    from stages.common.modeling import stop_token_ids
+
+    if model.generation_config is None:
+        return
+    current = model.generation_config.eos_token_id
+    have = set(current if isinstance(current, list) else [current] if current is not None else [])
+    stops = stop_token_ids(model, tokenizer)
+    if set(stops) != have:
+        model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
 
 
 def save_atomically(model: Any, tokenizer: Any, info: dict[str, Any], out_dir: Path) -> Path:
@@ -260,19 +210,22 @@ def save_atomically(model: Any, tokenizer: Any, info: dict[str, Any], out_dir: P
     return out_dir
 
 
-def build_base_model(base_model: str, out_dir: Path = OUT_DIR, hf_endpoint: str | None = None) -> dict[str, Any]:
+def build_base_model(base_model: str, out_dir: Path = OUT_DIR, hf_endpoint: str | None = None,
+                     base_dtype: str = "auto") -> dict[str, Any]:
     """Resolve, load, make training-ready, save; returns the provenance written to base_model.json."""
+    if base_dtype not in BASE_DTYPES:
+        raise StageError(f"train.base_dtype must be one of {', '.join(BASE_DTYPES)}, got {base_dtype!r}")
     source = resolve_source(base_model, hf_endpoint)
-    model, tokenizer = load_plain_model(source)
+    model, tokenizer = load_plain_model(source, resolve_dtype(base_dtype, source))
     template_action = ensure_training_template(tokenizer, source.family)
     ensure_pad_token(tokenizer, model)
-    if source.family == "gemma":
-        set_turn_end_as_eos(tokenizer, model)
+    record_stop_tokens(tokenizer, model)
     gguf_path = Path(source.model_dir) / source.gguf_file if source.gguf_file else None
     info = {
         **asdict(source),
         "gguf_sha256": sha256_file(gguf_path) if gguf_path else None,
         "architecture": type(model).__name__,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "chat_template": template_action,
@@ -289,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     params = load_params("train", args.params)
-    build_base_model(str(params.get("base_model", "smollm2-135m-instruct")), Path(args.out))
+    build_base_model(str(params.get("base_model", "smollm2-135m-instruct")), Path(args.out),
+                     base_dtype=str(params.get("base_dtype", "auto")))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,32 @@ def load_causal_lm(model_dir: str | Path, quantization: str = "none", device: st
             kwargs["device_map"] = {"": "cpu"}
     log.info("loading %s (quantization=%s, device=%s, dtype=%s)", model_dir, quantization, device, kwargs["dtype"])
     return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+
+
+def stop_token_ids(model_or_generation_config: Any, tokenizer: Any) -> list[int]:
+    """Every token generation must stop on: the generation config's eos_token_id (an int or a list: Gemma's
+    <eos> + <end_of_turn>, Llama-3's <|end_of_text|> + <|eom_id|> + <|eot_id|>), the tokenizer's eos, and the
+    end-of-turn token the chat template closes an assistant turn with. Passing only `tokenizer.eos_token_id` to
+    generate() overrides the list, and a Gemma answer then runs on past its turn."""
+    from stages.common.chat_templates import current_template, has_generation_markers, turn_end_token_ids
+
+    config = getattr(model_or_generation_config, "generation_config", model_or_generation_config)
+    eos = getattr(config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list | tuple) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if has_generation_markers(current_template(tokenizer)):
+        try:
+            ids.update(turn_end_token_ids(tokenizer))
+        except StageError as exc:  # a template whose mask cannot be read: the config's stops still hold
+            log.debug("no end-of-turn token from the chat template: %s", exc)
+    return sorted(int(i) for i in ids)
+
+
+def generation_config_for(model: Any, tokenizer: Any, **settings: Any) -> Any:
+    """A GenerationConfig with `settings` (max_new_tokens, do_sample, ...) that stops on every stop token of the
+    model (`stop_token_ids`) and pads with the tokenizer's pad token; shared by eval, ask, chat and serve."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(eos_token_id=stop_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
+                            **settings)

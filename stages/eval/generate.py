@@ -68,15 +68,16 @@ def generate_answers(model: Any, tokenizer: Any, prompts: Sequence[str], *, batc
                      repetition_penalty: float, max_prompt_tokens: int, desc: str = "generate") -> list[str]:
     """Greedy answers for `prompts`, in input order; prompts longer than the cap lose their start, not their end."""
     import torch
-    from transformers import GenerationConfig
+
+    from stages.common.modeling import generation_config_for
 
     if not prompts:
         return []
     tokenizer.truncation_side = "left"  # keep the question's end and the assistant header
     encoded = [tokenizer(p, add_special_tokens=False, truncation=True, max_length=max_prompt_tokens)["input_ids"]
                for p in prompts]
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=repetition_penalty,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = generation_config_for(model, tokenizer, max_new_tokens=max_new_tokens, do_sample=False,
+                                   repetition_penalty=repetition_penalty)  # stops on every stop token
     device = next(model.parameters()).device
     answers: list[str] = [""] * len(prompts)
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)

@@ -73,3 +73,82 @@ def build_tiny_model(out_dir: str | Path, texts: Iterable[str] | None = None, vo
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     return out
+
+
+TEMPLATE_FIXTURES = Path(__file__).resolve().parents[1] / "data" / "chat_templates"
+
+# Per architecture: the config class, special tokens (bos, eos, pad, turn tokens) and the stop ids of the real
+# model's generation_config.json (by token), with the real chat template text from tests/data/chat_templates/.
+ARCHITECTURES: dict[str, dict] = {
+    "gemma2": {"template": "gemma-2-2b-it.jinja", "bos": "<bos>", "eos": "<eos>", "pad": "<pad>",
+               "special": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+               "stops": ["<eos>", "<end_of_turn>"]},
+    "gemma3": {"template": "gemma-3-it.jinja", "bos": "<bos>", "eos": "<eos>", "pad": "<pad>",
+               "special": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+               "stops": ["<eos>", "<end_of_turn>"]},
+    "llama3": {"template": "llama-3.2-3b-instruct.jinja", "bos": "<|begin_of_text|>", "eos": "<|eot_id|>",
+               "pad": "<|finetune_right_pad_id|>",
+               "special": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eom_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"],
+               "stops": ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]},
+    "qwen2": {"template": "qwen2.5-0.5b-instruct.jinja", "bos": None, "eos": "<|im_end|>", "pad": "<|endoftext|>",
+              "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+              "stops": ["<|im_end|>", "<|endoftext|>"]},
+    "smollm2": {"template": None, "bos": "<|im_start|>", "eos": "<|im_end|>", "pad": "<|im_end|>",
+                "special": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], "stops": ["<|im_end|>"]},
+}
+
+
+def build_tiny_arch(out_dir: str | Path, arch: str, dtype: str = "float32", seed: int = 0) -> Path:
+    """A tiny random model of `arch` (gemma2 | gemma3 | llama3 | qwen2 | smollm2) with that family's special
+    tokens, its real chat template and a generation_config whose eos_token_id lists every stop token."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    spec = ARCHITECTURES[arch]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=spec["special"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(DEFAULT_TEXT, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec["bos"], eos_token=spec["eos"],
+                                        pad_token=spec["pad"])
+    if spec["template"]:
+        tokenizer.chat_template = (TEMPLATE_FIXTURES / spec["template"]).read_text(encoding="utf-8")
+    else:
+        from stages.common.chat_templates import SMOLLM2_TEMPLATE
+
+        tokenizer.chat_template = SMOLLM2_TEMPLATE
+    tokenizer.save_pretrained(out)
+
+    vocab = tokenizer.get_vocab()
+    common = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+              "bos_token_id": vocab.get(spec["bos"]) if spec["bos"] else None,
+              "eos_token_id": vocab[spec["eos"]], "pad_token_id": vocab[spec["pad"]], "tie_word_embeddings": True}
+    torch.manual_seed(seed)
+    if arch == "gemma2":
+        from transformers import Gemma2Config, Gemma2ForCausalLM
+
+        model = Gemma2ForCausalLM(Gemma2Config(head_dim=16, sliding_window=64, **common))
+    elif arch == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        model = Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=64, **common))
+    elif arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        model = LlamaForCausalLM(LlamaConfig(**common))
+    stops = [vocab[t] for t in spec["stops"]]
+    model.generation_config = GenerationConfig(bos_token_id=common["bos_token_id"], pad_token_id=common["pad_token_id"],
+                                               eos_token_id=stops if len(stops) > 1 else stops[0])
+    model.to(getattr(torch, dtype)).save_pretrained(out)
+    return out
