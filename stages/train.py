@@ -1,25 +1,27 @@
 """LoRA / QLoRA supervised fine-tuning of models/base on data/merge, shaped like trl's `trl/scripts/sft.py`.
 
-Reads the `messages` chat records of data/merge/{train,validation}.jsonl, trains a peft LoRA adapter with trl's
-SFTTrainer (loss on assistant tokens only, optional padding-free BFD packing), evaluates the validation split
-before and after, and writes models/adapter/, metrics/train.json and dvclive plots in metrics/train_live/.
+The recipe, top to bottom in `train()`: load data, load model, configure (SFTConfig + LoRA), train, save. Reads the
+`messages` chat records of data/merge/{train,validation}.jsonl, trains a peft LoRA adapter with trl's SFTTrainer
+(loss on assistant tokens only, optional BFD packing), evaluates the validation split before and after, and writes
+models/adapter/, metrics/train.json and dvclive plots in metrics/train_live/. The helpers live in stages/common/:
+chat templates (chat_templates), packed batches (packing), resumable checkpoints (checkpoints), callbacks
+(train_callbacks), memory (memory), model loading (modeling).
 
-A killed run resumes: checkpoints in models/checkpoints/ (optimizer, scheduler and RNG state) carry a fingerprint
-of the train params, the data and the base model; a rerun with the same fingerprint continues from the last
-checkpoint, a run with different ones starts clean.
+A killed run resumes: checkpoints in models/checkpoints/ carry a fingerprint of the train params, the data and the
+base model; a rerun with the same fingerprint continues from the last checkpoint, a run with different ones starts
+clean.
 
-Multi-GPU: `accelerate launch --config_file configs/accelerate/ddp.yaml -m stages.train` (or fsdp.yaml).
+Several processes (DDP, FSDP): `dvc repro train` with `train.launch.num_processes` > 1 runs this module under
+`accelerate launch` (stages/launch.py), so the outputs still land in dvc.lock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import random
-import resource
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -27,8 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages.common.checkpoints import (  # noqa: F401 - re-exported for tests and benchmarks
+    is_finished,
+    prepare_checkpoints,
+    restore_finished,
+    run_fingerprint,
+    step_of,
+)
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import dumps, read_json, write_json
+from stages.common.jsonl import read_json, write_json
+from stages.common.memory import adapters_to_fp32, peak_memory
 from stages.common.metrics import StageMetrics
 from stages.common.modeling import (
     load_causal_lm,
@@ -38,17 +48,14 @@ from stages.common.modeling import (
     setup_cpu_threads,
     world_size,
 )
+from stages.common.packing import CountingCollator, RowPackedCollator, choose_collator  # noqa: F401
 from stages.common.params import load_params
+from stages.common.train_callbacks import make_callbacks
 
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
-FINGERPRINT_FILE = "run_fingerprint.json"
 BASELINE_FILE = "baseline_eval.json"
-# Params that only change what is written, not what is learned: changing them keeps the checkpoints resumable.
-OUTPUT_ONLY_KEYS = {"merge", "save_steps", "logging_steps"}
-LIVE_METRICS = {"loss", "learning_rate", "grad_norm", "tokens_per_second", "num_tokens", "mean_token_accuracy",
-                "entropy"}
 
 
 @dataclass(frozen=True)
@@ -66,49 +73,6 @@ class TrainPaths:
 
 class StopTraining(Exception):
     """Raised by a callback to simulate a killed run (tests)."""
-
-
-class RowPackedCollator:
-    """Collate BFD-packed bins as separate rows: positions restart at every packed example and no attention_mask
-    is sent, so transformers builds a block-diagonal causal mask per row (no attention across examples).
-
-    Why not trl's padding-free layout: it flattens the whole batch into ONE row, which costs (B*L)^2 attention
-    instead of B*L^2 -- 8x at batch 8 -- on hardware without varlen flash-attention (every CPU).
-    """
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        width = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), -100, dtype=torch.long)
-        position_ids = torch.zeros((len(examples), width), dtype=torch.long)  # pads: one-token "sequences"
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            lengths = example.get("seq_lengths") or [n]
-            input_ids[row, :n] = torch.tensor(example["input_ids"])
-            labels[row, :n] = torch.tensor(example["labels"])
-            position_ids[row, :n] = torch.cat([torch.arange(k) for k in lengths])
-        labels[position_ids == 0] = -100  # never predict an example's first token from the previous example
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-
-
-class CountingCollator:
-    """Wrap the batch collator to count real (non-pad) tokens per batch, in the order the trainer draws them.
-
-    trl's own `num_tokens` counts one row of a position_ids batch; and the dataloader fetches a batch ahead, so
-    the throughput callback sums only the batches of the optimizer steps done so far."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.counts: list[int] = []
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        self.counts.append(sum(len(e["input_ids"]) for e in examples))
-        return self.inner(examples)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -152,43 +116,38 @@ def cap_examples(records: list[dict[str, Any]], limit: int, seed: int) -> list[d
     return [records[i] for i in keep]
 
 
-# --------------------------------------------------------------------------------------------------- resume
-def run_fingerprint(params: dict[str, Any], train: list[dict], validation: list[dict], base_dir: Path) -> str:
-    """Hash of everything that changes the optimisation: a checkpoint from another fingerprint is not resumable."""
-    digest = hashlib.sha256()
-    digest.update(dumps({k: v for k, v in params.items() if k not in OUTPUT_ONLY_KEYS}).encode())
-    for record in (*train, {"split": "validation"}, *validation):
-        digest.update(dumps(record).encode())
-    for name in ("config.json", "base_model.json", "model.safetensors"):
-        path = base_dir / name
-        if path.is_file():  # size + mtime-free identity: hashing 500 MB of weights each run is not worth it
-            digest.update(f"{name}:{path.stat().st_size}".encode())
-            if path.suffix == ".json":
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def load_training_records(params: dict[str, Any], paths: TrainPaths,
+                          metrics: StageMetrics) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step 1 of the recipe: the (capped) train and validation chat records, or one clear error line.
+
+    The one place where records become training examples: a prompt-building step (e.g. retrieved context) slots in
+    here."""
+    seed = int(params["seed"])
+    train_path = paths.data_dir / "train.jsonl"
+    if not train_path.is_file():
+        raise StageError(f"{train_path} not found: run the merge stage first (dvc repro merge)")
+    train_records = cap_examples(load_chat_split(train_path, metrics, "train"),
+                                 int(params.get("max_train_examples", 0)), seed)
+    val_records = cap_examples(load_chat_split(paths.data_dir / "validation.jsonl", metrics, "validation"),
+                               int(params.get("max_eval_examples", 0)), seed)
+    if not train_records:
+        raise StageError(f"{train_path} has no usable chat records (see the warnings above)")
+    if not val_records:
+        log.warning("%s: no validation records; eval_loss will be missing", paths.data_dir / "validation.jsonl")
+    return train_records, val_records
 
 
-def prepare_checkpoints(checkpoint_dir: Path, fingerprint: str, main: bool = True) -> Path | None:
-    """Return the last complete checkpoint of this fingerprint; clear checkpoints of any other.
+def load_model(params: dict[str, Any], base_dir: Path, device: str) -> tuple[Any, Any]:
+    """Step 2: tokenizer and model (bitsandbytes-quantized and prepared for k-bit training under QLoRA)."""
+    tokenizer = load_tokenizer(base_dir)
+    quantization = str(params.get("quantization", "none"))
+    model = load_causal_lm(base_dir, quantization, device)
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
 
-    Only the main process (`main`) deletes or writes; the other ranks of a multi-process launch only read, and
-    reach the same answer whatever the interleaving (a mismatching or missing stamp means a fresh start)."""
-    stamp = checkpoint_dir / FINGERPRINT_FILE
-    matches = stamp.is_file() and read_json(stamp).get("fingerprint") == fingerprint
-    if matches or not main:
-        return _last_complete_checkpoint(checkpoint_dir) if matches else None
-    if checkpoint_dir.exists():
-        log.info("clearing %s: its checkpoints come from other params or data", checkpoint_dir)
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    write_json(stamp, {"fingerprint": fingerprint})
-    return None
-
-
-def _last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
-    complete = [p for p in checkpoint_dir.glob("checkpoint-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(params.get("gradient_checkpointing", False)))
+    return model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -249,93 +208,6 @@ def sft_config(params: dict[str, Any], paths: TrainPaths, device: str) -> Any:
     )
 
 
-def choose_collator(params: dict[str, Any], tokenizer: Any, trl_collator: Any) -> Any:
-    """packing + layout rows (default): RowPackedCollator; layout flat: trl's one-row padding-free batches (best
-    with flash-attention varlen kernels on GPU); no packing: trl's padded batches."""
-    layout = str(params.get("packing_layout", "rows"))
-    if layout not in ("rows", "flat"):
-        raise StageError(f"train.packing_layout must be rows or flat, got {layout!r}")
-    if params.get("packing", True) and layout == "rows":
-        return RowPackedCollator(tokenizer.pad_token_id)
-    return trl_collator
-
-
-# --------------------------------------------------------------------------------------------------- callbacks
-def make_callbacks(live_dir: Path, resume: bool, counter: CountingCollator, grad_accum: int,
-                   world_size: int) -> tuple[Any, Any]:
-    """Throughput (real tokens/s from the counting collator) and dvclive logging, rank 0 only.
-
-    dvclive continues its plots on a resumed run and starts them afresh otherwise."""
-    from transformers import TrainerCallback
-
-    class Throughput(TrainerCallback):
-        def __init__(self) -> None:
-            self.start = self.last_time = time.perf_counter()
-            self.start_step = 0
-            self.last_tokens = 0.0
-            self.train_seconds = 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.start = self.last_time = time.perf_counter()
-            self.start_step = state.global_step  # > 0 on a resumed run
-            counter.counts.clear()  # batches of the baseline eval are not training
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not logs or "loss" not in logs:
-                return
-            now = time.perf_counter()
-            batches = (state.global_step - self.start_step) * grad_accum
-            tokens = float(sum(counter.counts[:batches]) * world_size)
-            logs["num_tokens"] = tokens  # replaces trl's count, which misses rows of position_ids batches
-            if tokens > self.last_tokens and now > self.last_time:
-                logs["tokens_per_second"] = round((tokens - self.last_tokens) / (now - self.last_time), 2)
-            self.last_tokens, self.last_time = tokens, now
-            self.train_seconds = now - self.start
-
-        @property
-        def tokens_per_second(self) -> float:
-            return self.last_tokens / self.train_seconds if self.train_seconds > 0 else 0.0
-
-    class LiveLogger(TrainerCallback):
-        def __init__(self) -> None:
-            self.live: Any = None
-
-        def _open(self) -> Any:
-            if self.live is None:
-                from dvclive import Live
-
-                self.live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
-            return self.live
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
-            if not logs or not state.is_world_process_zero:
-                return
-            live = self._open()
-            live.step = state.global_step
-            for key in sorted(logs):
-                value = logs[key]
-                name = key.removeprefix("eval_")
-                if name in LIVE_METRICS and isinstance(value, int | float) and math.isfinite(value):
-                    live.log_metric(f"{'eval' if key.startswith('eval_') else 'train'}/{name}", value)
-            live.make_summary()
-
-        def close(self) -> None:
-            if self.live is not None:
-                self.live.end()
-
-    return Throughput(), LiveLogger()
-
-
-# --------------------------------------------------------------------------------------------------- outputs
-def peak_memory() -> dict[str, float]:
-    import torch
-
-    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available():
-        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
 def save_adapter(trainer: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path) -> None:
     """All ranks save (FSDP gathers), rank 0 swaps the finished dir in: no half-written models/adapter."""
     tmp = adapter_dir.with_name(f".{adapter_dir.name}.tmp")
@@ -383,48 +255,28 @@ def resolved_config(params: dict[str, Any], config: Any, peft_config: Any, n_tra
 
 
 # --------------------------------------------------------------------------------------------------- main flow
+
 def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: Iterable[Any] = ()) -> dict[str, Any]:
-    """Load data and model, train LoRA, evaluate, save adapter + metrics; returns the metrics dict."""
+    """Load data and model, configure LoRA + SFT, train, evaluate, save adapter + metrics; returns the metrics."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     metrics = StageMetrics("train")
     device = pick_device()
     threads = setup_cpu_threads() if device == "cpu" else None
-    seed = int(params["seed"])
 
     # 1. data
-    train_path = paths.data_dir / "train.jsonl"
-    if not train_path.is_file():
-        raise StageError(f"{train_path} not found: run the merge stage first (dvc repro merge)")
-    train_records = cap_examples(load_chat_split(train_path, metrics, "train"),
-                                 int(params.get("max_train_examples", 0)), seed)
-    val_records = cap_examples(load_chat_split(paths.data_dir / "validation.jsonl", metrics, "validation"),
-                               int(params.get("max_eval_examples", 0)), seed)
-    if not train_records:
-        raise StageError(f"{train_path} has no usable chat records (see the warnings above)")
-    if not val_records:
-        log.warning("%s: no validation records; eval_loss will be missing", paths.data_dir / "validation.jsonl")
-
-    # 2. resume or start clean
+    train_records, val_records = load_training_records(params, paths, metrics)
     fingerprint = run_fingerprint(params, train_records, val_records, paths.base_dir)
     resume_from = prepare_checkpoints(paths.checkpoint_dir, fingerprint, main=int(os.environ.get("RANK", "0")) == 0)
 
-    # 3. model, tokenizer, LoRA
-    tokenizer = load_tokenizer(paths.base_dir)
+    # 2. model
+    model, tokenizer = load_model(params, paths.base_dir, device)
     quantization = str(params.get("quantization", "none"))
-    model = load_causal_lm(paths.base_dir, quantization, device)
-    if quantization != "none":
-        from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(params.get("gradient_checkpointing", False)))
+    # 3. configure: SFT + LoRA, packed batches, throughput + dvclive callbacks
     peft_config = lora_config(params)
     config = sft_config(params, paths, device)
-
-    # 4. trainer
-    packing = bool(params.get("packing", True))
-    layout = str(params.get("packing_layout", "rows"))
     counter = CountingCollator(None)
     throughput, live = make_callbacks(paths.live_dir, resume_from is not None, counter,
                                       int(params.get("grad_accum", 1)), world_size())
@@ -440,32 +292,57 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
     counter.inner = choose_collator(params, tokenizer, trainer.data_collator)
     trainer.data_collator = counter
     if quantization != "none" and device == "cpu":
-        _adapters_to_fp32(trainer.model)  # trl casts QLoRA adapters to bf16, which this CPU runs ~10x slower
+        adapters_to_fp32(trainer.model)
     if trainer.is_world_process_zero():
         trainer.model.print_trainable_parameters()
 
-    # 5. baseline eval (LoRA B starts at zero: step 0 is the base model), train, final eval
+    # 4. train: baseline eval (LoRA B starts at zero: step 0 is the base model), train, final eval
     baseline = _baseline_eval(trainer, paths.checkpoint_dir, params, bool(val_records), resume_from is not None)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     start = time.perf_counter()
-    if _is_finished(resume_from):  # resuming there would run one more step on every rerun
+    if is_finished(resume_from):  # resuming there would run one more step on every rerun
         log.info("%s already ends this run: reusing its adapter without training", resume_from)
-        train_loss = _restore_finished(trainer, resume_from)
+        train_loss = restore_finished(trainer, resume_from)
     else:
         train_loss = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).training_loss
     train_seconds = time.perf_counter() - start
     final = trainer.evaluate() if val_records else {}
     live.close()
 
-    # 6. outputs
+    # 5. save
     resolved = resolved_config(params, config, peft_config, len(train_records), len(val_records), paths.base_dir)
     save_adapter(trainer, tokenizer, resolved, paths.adapter_dir)
     if params.get("merge") and trainer.is_world_process_zero():
         save_merged(paths.adapter_dir, paths.base_dir, paths.merged_dir)
+    summary = run_summary(trainer, throughput, train_loss, baseline, final, train_seconds, resume_from)
+    summary.update({
+        "n_train_examples": len(train_records),
+        "n_validation_examples": len(val_records),
+        "device": device,
+        "dtype": str(pick_dtype(device)).replace("torch.", ""),
+        "torch_threads": threads,
+        "world_size": world_size(),
+        "quantization": quantization,
+        "packing": bool(params.get("packing", True)),
+        "packing_layout": str(params.get("packing_layout", "rows")) if params.get("packing", True) else None,
+        "fingerprint": fingerprint,
+        **peak_memory(),
+    })
+    for key, value in summary.items():
+        metrics.set(key, value)
+    if trainer.is_world_process_zero():
+        metrics.write(paths.metrics_path)
+    log.info("train loss %.4f, eval loss %s -> %s, %.1f tokens/s, %d steps", summary["train_loss"],
+             summary["eval_loss_before"], summary["eval_loss"], summary["train_tokens_per_second"], summary["steps"])
+    return metrics.as_dict()
 
+
+def run_summary(trainer: Any, throughput: Any, train_loss: float | None, baseline: dict[str, Any],
+                final: dict[str, Any], train_seconds: float, resume_from: Path | None) -> dict[str, Any]:
+    """Losses before/after, perplexities, throughput and steps of a finished run (metrics/train.json)."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    summary = {
+    return {
         "train_loss": _round(train_loss),
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
@@ -475,29 +352,12 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
         "eval_perplexity_before": _round(math.exp(baseline["eval_loss"]) if "eval_loss" in baseline else None),
         "train_tokens_per_second": round(throughput.tokens_per_second, 2),
         "train_tokens": int(throughput.last_tokens),
-        "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step - _step_of(resume_from)), 3),
+        "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step - step_of(resume_from)), 3),
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 3),
-        "resumed_from_step": _step_of(resume_from),
-        "n_train_examples": len(train_records),
-        "n_validation_examples": len(val_records),
+        "resumed_from_step": step_of(resume_from),
         "train_seconds": round(train_seconds, 1),
-        "device": device,
-        "dtype": str(pick_dtype(device)).replace("torch.", ""),
-        "torch_threads": threads,
-        "quantization": quantization,
-        "packing": packing,
-        "packing_layout": layout if packing else None,
-        "fingerprint": fingerprint,
-        **peak_memory(),
     }
-    for key, value in summary.items():
-        metrics.set(key, value)
-    if trainer.is_world_process_zero():
-        metrics.write(paths.metrics_path)
-    log.info("train loss %.4f, eval loss %s -> %s, %.1f tokens/s, %d steps", summary["train_loss"],
-             summary["eval_loss_before"], summary["eval_loss"], summary["train_tokens_per_second"], summary["steps"])
-    return metrics.as_dict()
 
 
 def _baseline_eval(trainer: Any, checkpoint_dir: Path, params: dict[str, Any], has_val: bool,
@@ -515,37 +375,6 @@ def _baseline_eval(trainer: Any, checkpoint_dir: Path, params: dict[str, Any], h
     if trainer.is_world_process_zero():
         write_json(cached, result)
     return result
-
-
-def _adapters_to_fp32(model: Any) -> None:
-    import torch
-
-    for param in model.parameters():
-        if param.requires_grad and param.dtype == torch.bfloat16:
-            param.data = param.data.float()
-
-
-def _is_finished(checkpoint: Path | None) -> bool:
-    if checkpoint is None:
-        return False
-    state = read_json(checkpoint / "trainer_state.json")
-    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
-
-
-def _restore_finished(trainer: Any, checkpoint: Path) -> float | None:
-    """Load a finished run's adapter weights and trainer state; returns the mean logged training loss."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import TrainerState
-
-    set_peft_model_state_dict(trainer.model, load_file(str(checkpoint / "adapter_model.safetensors")))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return sum(losses) / len(losses) if losses else None
-
-
-def _step_of(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
 
 
 def _round(value: float | None) -> float | None:

@@ -21,11 +21,13 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 
 
 def setup_cpu_threads(n: int | None = None) -> int:
-    """Use every core we were given (or `n`): torch's default can be lower than the cores of a cgroup."""
+    """Use every core we were given (or `n`): torch's default can be lower than the cores of a cgroup. Under a
+    multi-process CPU launch each rank gets its share, so the ranks do not oversubscribe the cores."""
     import torch
 
     if not n:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = cores // world_size()
     torch.set_num_threads(max(1, n))
     return max(1, n)
 
