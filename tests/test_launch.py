@@ -1,0 +1,83 @@
+"""The train stage's launcher: one process or `accelerate launch` from params, and a 2-process CPU DDP (gloo) run
+through the real `dvc` CLI whose outputs land in dvc.lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common.cli import StageError
+from stages.launch import launch_command
+from tests.test_pipeline_e2e import copy_project, run
+from tests.test_train import PARAMS, make_data
+
+CPU_DDP = "configs/accelerate/cpu_ddp.yaml"
+
+
+def test_one_process_is_plain_python() -> None:
+    assert launch_command("train", {"num_processes": 1}) == [sys.executable, "-m", "stages.train"]
+
+
+def test_several_processes_go_through_accelerate(repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    cmd = launch_command("train", {"num_processes": 4, "config": "configs/accelerate/fsdp.yaml",
+                                   "main_process_port": 29600}, ["--params", "p.yaml"])
+    assert cmd == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
+                   "--num_processes", "4", "--main_process_port", "29600", "-m", "stages.train", "--params", "p.yaml"]
+
+
+@pytest.mark.parametrize(("launch", "message"), [
+    ({"num_processes": 0}, "between 1 and 1024"),
+    ({"num_processes": "two"}, "must be integers"),
+    ({"num_processes": 2, "config": "/etc/passwd.yaml"}, "inside the project"),
+    ({"num_processes": 2, "config": "../outside/ddp.yaml"}, "inside the project"),
+    ({"num_processes": 2, "config": "configs/accelerate/missing.yaml"}, "inside the project"),
+    ({"num_processes": 2, "config": CPU_DDP, "main_process_port": 70000}, "0-65535"),
+])
+def test_bad_launch_params_are_refused_in_one_line(repo_root: Path, monkeypatch, launch, message) -> None:
+    monkeypatch.chdir(repo_root)
+    with pytest.raises(StageError, match=message):
+        launch_command("train", launch)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`dvc repro train` with train.launch.num_processes=2 runs two gloo ranks and records the adapter in dvc.lock."""
+    from stages.base_model import build_base_model
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    project = copy_project(repo_root, tmp_path / "project", env)
+    build_base_model(str(tiny_model_dir), project / "models" / "base")
+    make_data(project / "data" / "merge", n_train=32, n_val=4)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"] = {**PARAMS, "max_steps": 2, "save_steps": 10, "eval_before_train": False,
+                       "launch": {"num_processes": 2, "config": CPU_DDP, "main_process_port": _free_port()}}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    out = run(["dvc", "repro", "--single-item", "train"], project, env)
+
+    assert "accelerate.commands.launch" in out and "--num_processes 2" in out
+    metrics = json.loads((project / "metrics" / "train.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 2 and metrics["device"] == "cpu"
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]
+    assert lock["cmd"].startswith("python -m stages.launch train")
+    assert lock["params"]["params.yaml"]["train"]["launch"]["num_processes"] == 2
+    outs = {o["path"]: o for o in lock["outs"]}
+    assert outs["models/adapter"]["md5"] and outs["models/adapter"]["nfiles"] >= 3
+    assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
+    status = json.loads(run(["dvc", "status", "--json", "train"], project, env).strip() or "{}")
+    assert "train" not in status  # recorded: nothing to rerun
