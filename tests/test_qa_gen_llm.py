@@ -296,3 +296,143 @@ def test_stage_runs_llm_generator_with_a_local_model(tiny_model_dir: Path, tmp_p
     out = generate_pairs(chunks, [], [], [], params, metrics)
     assert metrics.counts["llm.generated"] == 3 and metrics.counts["llm.chunks"] == 3
     assert all(r["question"] and r["answer"] for r in out)
+
+
+# ---------------------------------------------------------------- vLLM through its interface (vLLM absent here)
+
+
+class FakeSamplingParams:
+    """vllm.SamplingParams stand-in: records its settings."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+
+class StructuredOutputsParams:  # same name as vLLM's, so the generator picks the `structured_outputs` field
+    def __init__(self, json: dict) -> None:  # noqa: A002 - vLLM's keyword
+        self.json = json
+
+
+class FakeLLM:
+    """vllm.LLM stand-in: a real tokenizer (with its real chat template); records every `chat` call and refuses
+    `generate`, the text path that re-adds special tokens."""
+
+    def __init__(self, tokenizer: Any, replies: list[str]) -> None:
+        self.tokenizer, self.replies = tokenizer, replies
+        self.chat_calls: list[dict[str, Any]] = []
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def chat(self, messages: list, sampling_params: Any = None, **kwargs: Any) -> list:
+        self.chat_calls.append({"messages": messages, "sampling_params": sampling_params, **kwargs})
+        outs = []
+        for conversation in messages:
+            text = self.replies[len(outs) % len(self.replies)]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert conversation[-1]["role"] == "user"
+            outs.append(type("Out", (), {"outputs": [type("C", (), {"text": text, "token_ids": ids})()]})())
+        return outs
+
+    def generate(self, *args: Any, **kwargs: Any) -> list:
+        raise AssertionError("re-templated text passed to LLM.generate (double BOS)")
+
+
+GROUNDED = ('[{"question": "How does Prometheus collect metrics from short-lived jobs?", '
+            '"answer": "Prometheus scrapes metrics via an intermediary push gateway for short-lived jobs."}]')
+
+
+@pytest.fixture(scope="module")
+def gemma2_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from transformers import AutoTokenizer
+
+    from tests.fakes.tiny_model import build_tiny_arch
+
+    return AutoTokenizer.from_pretrained(str(build_tiny_arch(tmp_path_factory.mktemp("g2"), "gemma2")))
+
+
+def test_vllm_gets_messages_through_chat_with_a_json_schema(gemma2_tokenizer: Any, tmp_path: Path) -> None:
+    from stages.qa_gen.llm import VllmGenerator, pairs_json_schema
+
+    fake = FakeLLM(gemma2_tokenizer, [GROUNDED])
+    gen = VllmGenerator(fake, FakeSamplingParams, StructuredOutputsParams, pairs_json_schema(2))
+    chunks = _chunks(3)
+    metrics = StageMetrics("t")
+    candidates = list(generate_llm(chunks, _params(tmp_path, batch_size=8), metrics, generator_factory=lambda: gen))
+
+    (call,) = fake.chat_calls
+    assert call["add_generation_prompt"] is True
+    conversations = call["messages"]
+    assert len(conversations) == 3 and all(isinstance(c, list) for c in conversations)
+    # Gemma-2's template has no system role: the instructions arrive folded into the first user turn, as messages
+    assert all([m["role"] for m in c] == ["user"] for c in conversations)
+    assert conversations[0][0]["content"].startswith("You write question-answer pairs")
+    settings = call["sampling_params"].settings
+    assert settings["temperature"] == 0.0 and settings["max_tokens"] == 6
+    schema = settings["structured_outputs"].json
+    assert schema["items"]["required"] == ["question", "answer"] and schema["maxItems"] == 2
+    assert metrics.counts["llm.new_tokens"] > 0
+    out = finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, {"min_grounding": 0.6}, metrics,
+                         ["Prometheus"])
+    assert len(candidates) == 3  # the same canned pair for 3 chunks: kept once, grounded
+    assert len(out) == 1 and out[0]["generator"] == "llm" and out[0]["grounding"] >= 0.6
+
+
+def test_vllm_prompt_is_templated_once(gemma2_tokenizer: Any) -> None:
+    """What vLLM's chat path tokenizes: one <bos>, from the template; the old text path gave two."""
+    from stages.qa_gen.llm import VllmGenerator
+
+    gen = VllmGenerator(FakeLLM(gemma2_tokenizer, [GROUNDED]), FakeSamplingParams, None, None)
+    conversation = gen.prepare(build_messages(_chunks(1)[0], 2))
+    ids = gemma2_tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]
+    assert ids.count(gemma2_tokenizer.bos_token_id) == 1 and gen.n_tokens(conversation) == len(ids)
+    text = gemma2_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    assert gemma2_tokenizer(text)["input_ids"].count(gemma2_tokenizer.bos_token_id) == 2  # the bug, for contrast
+    assert "structured_outputs" not in gen.sampling_params(8).settings  # guided_json: false
+
+
+@pytest.mark.parametrize(("params", "ok"), [
+    ({}, True),
+    ({"max_model_len": 8192, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}, True),
+    ({"tensor_parallel_size": 0}, False),
+    ({"gpu_memory_utilization": 1.5}, False),
+    ({"max_model_len": "long"}, False),
+])
+def test_vllm_engine_params(params: dict[str, Any], ok: bool) -> None:
+    from stages.qa_gen.llm import vllm_engine_kwargs
+
+    if ok:
+        kwargs = vllm_engine_kwargs("/models/x", params)
+        assert kwargs["model"] == "/models/x" and kwargs["dtype"] == "auto"
+        assert kwargs["tensor_parallel_size"] == params.get("tensor_parallel_size", 1)
+    else:
+        with pytest.raises(StageError, match="qa_gen.llm"):
+            vllm_engine_kwargs("/models/x", params)
+
+
+def test_vllm_backend_without_vllm_is_one_clear_error(monkeypatch) -> None:
+    import importlib.util
+
+    from stages.qa_gen.llm import choose_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(StageError, match="vllm package is not installed"):
+        choose_backend("vllm")
+    assert choose_backend("auto") == "transformers"
+
+
+@pytest.mark.parametrize(("files", "weights"), [
+    (["config.json", "model.safetensors", "pytorch_model.bin", "tf_model.h5"], "*.safetensors"),
+    (["config.json", "pytorch_model.bin", "spiece.model", "tf_model.h5"], "pytorch_model*.bin"),
+    (["config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"], "pytorch_model*.bin"),
+])
+def test_download_keeps_the_weight_format_the_checkpoint_ships(files: list[str], weights: str) -> None:
+    from stages.qa_gen.llm import download_patterns
+
+    patterns = download_patterns(files)
+    assert weights in patterns and "*.model" in patterns
+    assert not {"*.safetensors", "pytorch_model*.bin"} <= set(patterns)  # one format, never both
+    with pytest.raises(StageError, match="neither"):
+        download_patterns(["config.json", "tf_model.h5"])

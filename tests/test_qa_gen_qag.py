@@ -132,3 +132,21 @@ def test_qag_pairs_are_widened_named_and_grounded(tiny_t5_dir: Path, tmp_path: P
     out = finalize_pairs(candidates, {"k1": CHUNK}, {"min_grounding": 0.6}, metrics, ["Kubernetes"])
     assert [r["generator"] for r in out] == ["qag"]
     assert metrics.counts["dropped.low_grounding"] == 1
+
+
+def test_qag_loads_pytorch_model_bin_checkpoints(tiny_t5_dir: Path, tmp_path: Path) -> None:
+    """The published lmqg checkpoints ship pytorch_model.bin, not safetensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    bin_dir = tmp_path / "lmqg-like"
+    shutil.copytree(tiny_t5_dir, bin_dir)
+    weights = load_file(str(bin_dir / "model.safetensors"))
+    (bin_dir / "model.safetensors").unlink()
+    torch.save(weights, bin_dir / "pytorch_model.bin")
+    gen = T5Generator(str(bin_dir))
+    reference = T5Generator(str(tiny_t5_dir))
+    prompts = [qag_input(CHUNK)]
+    assert gen.generate(prompts, 6) == reference.generate(prompts, 6)

@@ -68,10 +68,29 @@ def prompt_hash(messages: list[dict[str, str]], max_new_tokens: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def pairs_json_schema(pairs_per_chunk: int) -> dict[str, Any]:
+    """The JSON schema vLLM's structured outputs hold the model to: an array of {question, answer} objects."""
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": max(1, pairs_per_chunk),
+        "items": {
+            "type": "object",
+            "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+            "required": ["question", "answer"],
+            "additionalProperties": False,
+        },
+    }
+
+
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The tokenizer's own chat template; a model without one gets a plain transcript (and a warning, once)."""
+    """The tokenizer's own chat template (a system turn folded into the first user turn where the template has no
+    system role); a model without one gets a plain transcript (and a warning, once)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from stages.common.chat_templates import messages_for
+
+        return tokenizer.apply_chat_template(messages_for(tokenizer, messages), tokenize=False,
+                                             add_generation_prompt=True)
     if not getattr(render_prompt, "_warned", False):
         log.warning("tokenizer has no chat template: using a plain-text prompt")
         render_prompt._warned = True  # type: ignore[attr-defined]
@@ -266,16 +285,25 @@ def resolve_model(ref: str, param: str) -> str:
             f"machine with internet and set {param} to its local directory"
         )
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import list_repo_files, snapshot_download
 
-        return snapshot_download(
-            ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-        )
+        return snapshot_download(ref, allow_patterns=download_patterns(list_repo_files(ref)))
     except Exception as exc:  # noqa: BLE001 - network, auth or missing repo: all end in the same advice
         raise StageError(
             f"cannot fetch {param}={ref} from the Hugging Face Hub ({type(exc).__name__}); set {param} "
             f"to a local model directory instead"
         ) from None
+
+
+def download_patterns(repo_files: Sequence[str]) -> list[str]:
+    """What to fetch of a Hub model: config, tokenizer and ONE weight format -- safetensors when the repo has them,
+    else the `pytorch_model*.bin` the published lmqg (T5) checkpoints ship; never both, never TF/Flax weights."""
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    if any(f.endswith(".safetensors") for f in repo_files):
+        return [*patterns, "*.safetensors"]
+    if any(re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin", f.rsplit("/", 1)[-1]) for f in repo_files):
+        return [*patterns, "pytorch_model*.bin"]
+    raise StageError("the model repo has neither *.safetensors nor pytorch_model*.bin weights")
 
 
 def choose_backend(backend: str) -> str:
@@ -297,11 +325,13 @@ def choose_backend(backend: str) -> str:
     return "vllm" if torch.cuda.is_available() else "transformers"
 
 
-def count_generated(new_tokens: Any, eos_id: int | None) -> int:
-    """Tokens each sequence really generated: up to and including its first EOS (padding after it is not work)."""
+def count_generated(new_tokens: Any, eos_id: int | Sequence[int] | None) -> int:
+    """Tokens each sequence really generated: up to and including its first stop token (padding after it is not
+    work)."""
+    stops = set(eos_id) if isinstance(eos_id, Sequence) else ({eos_id} if eos_id is not None else set())
     total = 0
     for row in new_tokens.tolist():
-        total += row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+        total += next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
     return total
 
 
@@ -327,7 +357,14 @@ class TransformersGenerator:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.separate_prefill = self.device == "cpu" if separate_prefill is None else separate_prefill
+        from stages.common.modeling import stop_token_ids
+
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)  # Gemma's <end_of_turn> as well as <eos>
         self.new_tokens = 0
+
+    def prepare(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text (transformers tokenizes it with add_special_tokens=False: one BOS, the template's)."""
+        return render_prompt(self.tokenizer, messages)
 
     def n_tokens(self, prompt: str) -> int:
         return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -344,10 +381,11 @@ class TransformersGenerator:
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.stop_ids,
                 **extra,
             )
         new = out[:, enc["input_ids"].shape[1] :]
-        self.new_tokens += count_generated(new, self.tokenizer.eos_token_id)
+        self.new_tokens += count_generated(new, self.stop_ids)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def _prefill_one_by_one(self, enc: Any) -> Any:
@@ -377,37 +415,88 @@ class TransformersGenerator:
         return DynamicCache(ddp_cache_data=data)
 
 
+VLLM_DEFAULTS = {"max_model_len": 4096, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.85}
+
+
+def vllm_engine_kwargs(model_path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`vllm.LLM(...)` arguments from qa_gen.llm params, checked before the (minutes-long) engine start."""
+    try:
+        max_len = int(params.get("max_model_len", VLLM_DEFAULTS["max_model_len"]))
+        tp = int(params.get("tensor_parallel_size", VLLM_DEFAULTS["tensor_parallel_size"]))
+        share = float(params.get("gpu_memory_utilization", VLLM_DEFAULTS["gpu_memory_utilization"]))
+    except (TypeError, ValueError):
+        raise StageError("qa_gen.llm.max_model_len, tensor_parallel_size and gpu_memory_utilization must be "
+                         "numbers") from None
+    if max_len < 256 or tp < 1 or not 0.05 <= share <= 0.99:
+        raise StageError(f"qa_gen.llm: need max_model_len >= 256, tensor_parallel_size >= 1 and "
+                         f"0.05 <= gpu_memory_utilization <= 0.99 (got {max_len}, {tp}, {share})")
+    return {"model": model_path, "dtype": "auto", "seed": 0, "max_model_len": max_len, "tensor_parallel_size": tp,
+            "gpu_memory_utilization": share}
+
+
 class VllmGenerator:
-    """vLLM on a GPU: continuous batching inside each of our batches; our batches exist for the cache."""
+    """vLLM on GPUs through its chat API: `LLM.chat` applies the model's own template to the messages once (no
+    re-templated text through `generate`, which would add a second BOS on Llama and Gemma), and structured outputs
+    hold every answer to the pairs JSON schema. Our batches exist for the resumable cache; vLLM batches inside.
 
-    def __init__(self, model_path: str) -> None:
-        from vllm import LLM, SamplingParams
+    `llm`, `sampling_cls` and `structured_cls` are vLLM's `LLM`, `SamplingParams` and `StructuredOutputsParams`
+    (`load` imports them); tests pass stand-ins with the same interface."""
 
-        self.sampling_cls = SamplingParams
-        self.llm = LLM(model=model_path, dtype="auto", seed=0)
-        self.tokenizer = self.llm.get_tokenizer()
+    def __init__(self, llm: Any, sampling_cls: Any, structured_cls: Any | None, json_schema: dict | None) -> None:
+        self.llm, self.sampling_cls, self.structured_cls = llm, sampling_cls, structured_cls
+        self.json_schema = json_schema
+        self.tokenizer = llm.get_tokenizer()
         self.new_tokens = 0
 
-    def n_tokens(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    @classmethod
+    def load(cls, model_path: str, params: dict[str, Any]) -> VllmGenerator:
+        kwargs = vllm_engine_kwargs(model_path, params)
+        from vllm import LLM, SamplingParams
 
-    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        outputs = self.llm.generate(
-            prompts, self.sampling_cls(temperature=0.0, max_tokens=max_new_tokens), use_tqdm=False
-        )
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:  # vLLM < 0.10.2: the same schema went through guided decoding
+            from vllm.sampling_params import GuidedDecodingParams as StructuredOutputsParams
+        schema = pairs_json_schema(int(params.get("pairs_per_chunk", 2))) if params.get("guided_json", True) else None
+        return cls(LLM(**kwargs), SamplingParams, StructuredOutputsParams, schema)
+
+    def prepare(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """The conversation vLLM templates itself (system folded where the template has no system role)."""
+        from stages.common.chat_templates import messages_for
+
+        return messages_for(self.tokenizer, messages)
+
+    def n_tokens(self, conversation: list[dict[str, str]]) -> int:
+        return len(self.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True,
+                                                      return_dict=True)["input_ids"])
+
+    def sampling_params(self, max_new_tokens: int) -> Any:
+        settings: dict[str, Any] = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": 0}
+        if self.json_schema is not None and self.structured_cls is not None:
+            field = "guided_decoding" if self.structured_cls.__name__ == "GuidedDecodingParams" else "structured_outputs"
+            settings[field] = self.structured_cls(json=self.json_schema)
+        return self.sampling_cls(**settings)
+
+    def generate(self, conversations: list[list[dict[str, str]]], max_new_tokens: int) -> list[str]:
+        outputs = self.llm.chat(conversations, sampling_params=self.sampling_params(max_new_tokens),
+                                use_tqdm=False, add_generation_prompt=True)
         self.new_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
         return [o.outputs[0].text for o in outputs]
 
 
-def load_generator(model_path: str, backend: str) -> TransformersGenerator | VllmGenerator:
-    return VllmGenerator(model_path) if backend == "vllm" else TransformersGenerator(model_path)
+def load_generator(model_path: str, backend: str, params: dict[str, Any] | None = None) -> Any:
+    if backend == "vllm":
+        return VllmGenerator.load(model_path, params or {})
+    return TransformersGenerator(model_path)
 
 
-def load_llm(model_ref: str, backend: str) -> TransformersGenerator | VllmGenerator:
-    path = resolve_model(model_ref, "qa_gen.llm.model")
+def load_llm(model_ref: str, backend: str, params: dict[str, Any] | None = None) -> Any:
     backend = choose_backend(backend)
+    if backend == "vllm":
+        vllm_engine_kwargs(model_ref, params or {})  # a bad param fails before any download or engine start
+    path = resolve_model(model_ref, "qa_gen.llm.model")
     log.info("llm: generating with %s (%s backend)", model_ref, backend)
-    return load_generator(path, backend)
+    return load_generator(path, backend, params)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -463,11 +552,10 @@ def generate_llm(
         gen = (
             generator_factory()
             if generator_factory
-            else load_llm(model_ref, str(params.get("backend", "auto")))
+            else load_llm(model_ref, str(params.get("backend", "auto")), params)
         )
-        items = [
-            (keys[c["chunk_id"]], render_prompt(gen.tokenizer, messages[c["chunk_id"]])) for c in missing
-        ]
+        prepare = getattr(gen, "prepare", None) or (lambda m: render_prompt(gen.tokenizer, m))
+        items = [(keys[c["chunk_id"]], prepare(messages[c["chunk_id"]])) for c in missing]
         run_cached_generation(
             items,
             gen,

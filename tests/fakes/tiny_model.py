@@ -115,6 +115,12 @@ def build_tiny_arch(out_dir: str | Path, arch: str, dtype: str = "float32", seed
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=spec["special"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(DEFAULT_TEXT, trainer=trainer)
+    if spec["bos"] and arch != "smollm2":  # Gemma and Llama-3 tokenizers prepend their BOS to plain text
+        from tokenizers.processors import TemplateProcessing
+
+        bos = spec["bos"]
+        tok.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                special_tokens=[(bos, tok.token_to_id(bos))])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=spec["bos"], eos_token=spec["eos"],
                                         pad_token=spec["pad"])
     if spec["template"]:
