@@ -81,3 +81,25 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
     assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
     status = json.loads(run(["dvc", "status", "--json", "train"], project, env).strip() or "{}")
     assert "train" not in status  # recorded: nothing to rerun
+
+
+# ------------------------------------------------------------------------------------------- params profiles
+@pytest.mark.parametrize("profile", sorted(Path(__file__).resolve().parents[1].glob("configs/profiles/*.yaml")))
+def test_profiles_only_set_existing_params(repo_root: Path, profile: Path) -> None:
+    from stages.common.profiles import profile_flags
+
+    flags = profile_flags(profile, repo_root / "params.yaml")
+    settings = dict(flag.split("=", 1) for flag in flags[1::2])
+    assert flags[0::2] == ["-S"] * len(settings)
+    assert settings["train.quantization"] == "4bit" and settings["train.base_dtype"] == "auto"
+    launch = {k.removeprefix("train.launch."): v for k, v in settings.items() if k.startswith("train.launch.")}
+    launch_command("train", {"config": "configs/accelerate/ddp.yaml", **launch})  # valid as the stage reads it
+
+
+def test_profile_with_an_unknown_key_is_refused(repo_root: Path, tmp_path: Path) -> None:
+    from stages.common.profiles import profile_flags
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rat: 0.1\n")
+    with pytest.raises(StageError, match="train.learning_rat is not a key"):
+        profile_flags(bad, repo_root / "params.yaml")
