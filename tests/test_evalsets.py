@@ -103,7 +103,8 @@ def test_rows_well_formed(evalset: tuple[str, list[dict[str, Any]]]) -> None:
 
 def test_size_and_spread(evalset: tuple[str, list[dict[str, Any]]]) -> None:
     kind, rows = evalset
-    assert len(rows) >= MIN_ITEMS, f"{kind}: {len(rows)} items < {MIN_ITEMS}"
+    n = len(rows)
+    assert n >= MIN_ITEMS, f"{kind}: {n} items < {MIN_ITEMS}"
     per_source = Counter(source(row) for row in rows)
     thin = {s: per_source.get(s, 0) for s in SOURCE_PROJECTS if per_source.get(s, 0) < MIN_PER_SOURCE}
     assert not thin, f"{kind}: sources under {MIN_PER_SOURCE} items: {thin}"
