@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ MIN_ITEMS = 150
 MIN_PER_SOURCE = 8
 MAX_SHARED_10GRAM_SHARE = 0.02
 OPTION_IDS = ("a", "b", "c", "d")
+LANG_DIR = re.compile(r"[a-z]{2}(-[a-z]{2,4})?")  # content/<lang>/ of a translated site
+TRANSLATED_README = re.compile(r"README-[a-z]{2}(-[a-z]{2,4})?\.md", re.IGNORECASE)  # README-ko.md and the like
 
 # corpus tree -> the project name the pipeline gives it (scrape.repo_projects, else the landscape entry whose
 # repo or GitHub owner matches: fluent/* is the landscape's "Fluentd", argoproj/* its "Argo")
@@ -68,6 +71,13 @@ def item_text(row: dict[str, Any]) -> str:
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     tokens = words(text)
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def is_translation(checked_against: str) -> bool:
+    """A page of a translated site (content/<lang>/ other than en, i18n/, README-ko.md): not an English source."""
+    parts = Path(checked_against).parts
+    return "i18n" in parts or TRANSLATED_README.fullmatch(parts[-1]) is not None or any(
+        a == "content" and LANG_DIR.fullmatch(b) is not None and b != "en" for a, b in zip(parts, parts[1:], strict=False))
 
 
 def source(row: dict[str, Any]) -> str:
@@ -128,10 +138,7 @@ def test_sources_exist_and_are_english(evalset: tuple[str, list[dict[str, Any]]]
     for row in rows:
         path = corpus / "repos" / row["checked_against"]
         assert path.is_file(), f"{row['id']}: {row['checked_against']} is not in the corpus"
-        parts = Path(row["checked_against"]).parts
-        translated = "content" in parts and parts[parts.index("content") + 1] not in ("en",) and \
-            parts.index("content") + 2 < len(parts) and len(parts[parts.index("content") + 1]) in (2, 5) \
-            and parts[parts.index("content") + 1] != "docs"
+        translated = is_translation(row["checked_against"])
         assert not translated, f"{row['id']}: {row['checked_against']} is a translation"
 
 
@@ -158,3 +165,12 @@ def test_paraphrase_check_can_fail(corpus: Path) -> None:
     lifted = " ".join(words(doc)[200:215])
     assert ngrams(f"What is this?\n{lifted}", 13) & ngrams(doc, 13)
     assert not ngrams("What is this?\nSomething said in other words entirely.", 13) & ngrams(doc, 13)
+
+
+def test_translation_detector() -> None:
+    assert is_translation("kubernetes__website/content/zh-cn/docs/concepts/overview/components.md")
+    assert is_translation("open-telemetry__opentelemetry.io/content/es/docs/collector/_index.md")
+    assert is_translation("kubernetes__community/contributors/guide/contributor-cheatsheet/README-ko.md")
+    assert not is_translation("kubernetes__website/content/en/docs/concepts/overview/components.md")
+    assert not is_translation("jaegertracing__documentation/content/docs/v2/2.20/getting-started.md")
+    assert not is_translation("coredns__coredns.io/content/plugins/forward.md")
