@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import math
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -335,3 +335,22 @@ def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_
     assert saved["sets"]["merge-test"]["arms"]["base_closed"]["rouge_l"]["mean"] is None  # NaN written as null
     assert (tmp_path / "out/metrics/report.md").is_file()
     assert (tmp_path / "out/data/eval/predictions.jsonl").read_text(encoding="utf-8") == ""
+
+
+def test_shared_prefix_option_scores_equal_separate_passes(tiny_model_dir: Path) -> None:
+    """Reading the prompt once (KV cache) must give the same option scores as scoring each option separately."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.eval.mcq import score_continuations
+    from stages.eval.perplexity import continuation_sequence, masked_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = "<|im_start|>user\nWhich port does etcd use for clients?<|im_end|>\n<|im_start|>assistant\n"
+    options = ["2379", "port 2380 for peers", "8080"]
+    separate = masked_logprobs(model, [continuation_sequence(tok, prompt, o) for o in options],
+                               pad_id=tok.pad_token_id, batch_size=3)
+    shared = score_continuations(model, tok(prompt, add_special_tokens=False)["input_ids"],
+                                 [tok(o, add_special_tokens=False)["input_ids"] for o in options])
+    for (a, n), (b, m) in zip(separate, shared, strict=True):
+        assert n == m and a == pytest.approx(b, rel=1e-4, abs=1e-4)

@@ -12,9 +12,10 @@ OPTIONS = GenerationOptions(max_new_tokens=12, repetition_penalty=1.1)
 
 @pytest.fixture(scope="module")
 def assistant(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
     from stages.common.inference import load_chat_tokenizer
     from stages.common.retrieval import Retriever
-    from transformers import AutoModelForCausalLM
 
     chunks = [make_chunk(0, "Helm", "Rollback", "helm rollback returns a release to an earlier revision."),
               make_chunk(1, "etcd", "Ports", "etcd listens for clients on port 2379."),

@@ -106,7 +106,6 @@ def set_params(project: Path, updates: dict[str, dict]) -> None:
 def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_dir, tmp_path_factory):
     """scrape -> ... -> eval with the fake StackExchange API and a tiny model; asserts the dataset's invariants."""
     from tests.fakes.stackexchange_server import FakeStackExchange
-
     from tests.fakes.tiny_index import build_tiny_encoder
 
     c = corpus
