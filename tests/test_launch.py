@@ -3,6 +3,7 @@ through the real `dvc` CLI whose outputs land in dvc.lock."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -81,6 +82,11 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
     assert (project / "models" / "adapter" / "adapter_model.safetensors").is_file()
     status = json.loads(run(["dvc", "status", "--json", "train"], project, env).strip() or "{}")
     assert "train" not in status  # recorded: nothing to rerun
+    # One copy on disk: the workspace file is a hard link to the cache object (.dvc/config cache.type).
+    weights = project / "models" / "adapter" / "adapter_model.safetensors"
+    digest = hashlib.md5(weights.read_bytes()).hexdigest()
+    cached = project / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+    assert cached.is_file() and os.path.samefile(weights, cached)
 
 
 # ------------------------------------------------------------------------------------------- params profiles
