@@ -7,7 +7,7 @@
 Steps, each through the stages' own code: base model -> models dir (dtype kept); Q&A written from 50 chunks by
 the LLM generator (vLLM `LLM.chat` with JSON structured outputs when vLLM and a GPU are there, batched transformers
 otherwise), every pair through the grounding check; QLoRA (4-bit NF4, bf16 compute) train steps on a GPU, LoRA on
-CPU; eval of both arms (base vs tuned: ROUGE-L, perplexity). Writes metrics/gpu_smoke.json: generation tokens/s
+CPU; a retrieval index of the chunks; eval of every arm (base/tuned x closed-book/RAG: ROUGE-L, perplexity). Writes metrics/gpu_smoke.json: generation tokens/s
 and pairs/s, train tokens/s, peak memory per phase, MFU where the GPU's peak is known, seconds per phase.
 
 Chunks and chat records come from the shared corpus' markdown sections (../shared/corpus/repos, CNCF_CORPUS
@@ -166,22 +166,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     gpu_memory(reset=True)
 
-    # 4. eval, both arms
+    # 4. eval of every arm (base/tuned, closed-book/RAG) over a retrieval index of the same chunks
+    from stages.common.params import load_params
+    from stages.index.build import build_index, load_index_params
+
+    all_params = load_params(None, REPO_ROOT / "params.yaml")
+    write_jsonl(work / "chunks.jsonl", chunks)
+    index_params = load_index_params(REPO_ROOT / "params.yaml").model_copy(
+        update={"cache_dir": str(work / "index_cache")})
+    start = time.perf_counter()
+    build_index(work / "chunks.jsonl", work / "index", index_params, StageMetrics("index"))
+    timings["index"] = time.perf_counter() - start
     eval_params = {"sets": [], "max_examples": 0, "max_new_tokens": 8 if args.dry_run else 128, "batch_size": 8,
                    "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_prompt_tokens": 768,
                    "max_length": 1024, "contamination_ngram": 13, "system_prompt": "", "threads": 0,
                    "quantization": train_params["quantization"]}
-    eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", train=work / "merge" / "train.jsonl",
+    eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", index_dir=work / "index",
+                           train=work / "merge" / "train.jsonl",
                            test=work / "merge" / "test.jsonl", metrics=work / "eval.json",
                            predictions=work / "predictions.jsonl", report=work / "report.md",
                            plots_dir=work / "eval_plots")
     start = time.perf_counter()
-    evaluated = run_eval(eval_paths, eval_params)["sets"]["merge-test"]
+    evaluated = run_eval(eval_paths, eval_params, all_params=all_params)["sets"]["merge-test"]
     timings["eval"] = time.perf_counter() - start
-    arms = evaluated["metrics"]
     report["eval"] = {"n": evaluated["n"], "peak_gpu_mb": gpu_memory(),
-                      **{f"{metric}_{arm}": arms[metric][arm] for metric in ("rouge_l", "perplexity")
-                         for arm in ("base", "tuned")}}
+                      "arms": {arm: {"rouge_l": row["rouge_l"]["mean"], "perplexity": row.get("perplexity")}
+                               for arm, row in sorted(evaluated["arms"].items())}}
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     report["seconds"]["total"] = round(sum(timings.values()), 1)
     return report
@@ -214,9 +224,8 @@ def main(argv: list[str] | None = None) -> None:
              "chunks)"),
             ("train", report["seconds"]["train"],
              f"{report['train']['tokens_per_second']} tok/s, MFU {report['train']['mfu']}"),
-            ("eval", report["seconds"]["eval"], f"ROUGE-L base {report['eval']['rouge_l_base']:.3f} tuned "
-             f"{report['eval']['rouge_l_tuned']:.3f}; perplexity {report['eval']['perplexity_base']:.1f} -> "
-             f"{report['eval']['perplexity_tuned']:.1f}"),
+            ("eval", report["seconds"]["eval"], "ROUGE-L " + ", ".join(
+                f"{arm} {row['rouge_l']:.3f}" for arm, row in report["eval"]["arms"].items())),
             ("total", report["seconds"]["total"], str(out))]
     for phase, seconds, figure in rows:
         print(f"{phase:<14} {seconds!s:>8}  {figure}")

@@ -31,8 +31,10 @@ def test_dry_run_writes_every_figure(repo_root: Path, tmp_path: Path) -> None:
     assert train["steps"] == 2 and train["tokens_per_second"] > 0 and train["mfu"] is None  # no GPU: no MFU
     assert math.isfinite(train["eval_loss"]) and math.isfinite(train["eval_loss_before"])
     assert report["eval"]["n"] == 6
-    assert all(math.isfinite(report["eval"][k]) for k in ("perplexity_base", "perplexity_tuned", "rouge_l_base",
-                                                          "rouge_l_tuned"))
-    assert report["eval"]["perplexity_base"] != report["eval"]["perplexity_tuned"]  # two arms, two models
-    assert set(report["seconds"]) == {"base_model", "qa_generation", "train", "eval", "total"}
-    assert "ROUGE-L base" in result.stdout
+    arms = report["eval"]["arms"]
+    assert {"base_closed", "tuned_closed", "base_rag", "tuned_rag"} <= set(arms)
+    assert all(math.isfinite(row["rouge_l"]) for row in arms.values())
+    assert math.isfinite(arms["base_closed"]["perplexity"]) and math.isfinite(arms["tuned_closed"]["perplexity"])
+    assert arms["base_closed"]["perplexity"] != arms["tuned_closed"]["perplexity"]  # two models, not one twice
+    assert set(report["seconds"]) == {"base_model", "qa_generation", "train", "index", "eval", "total"}
+    assert "ROUGE-L base_closed" in result.stdout

@@ -64,6 +64,8 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
     project = copy_project(repo_root, tmp_path / "project", env)
     build_base_model(str(tiny_model_dir), project / "models" / "base")
     make_data(project / "data" / "merge", n_train=32, n_val=4)
+    (project / "data" / "index").mkdir(parents=True)  # a dep of the stage; read only with train.context=rag
+    (project / "data" / "index" / "meta.json").write_text("{}")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"] = {**PARAMS, "max_steps": 2, "save_steps": 10, "eval_before_train": False,
                        "launch": {"num_processes": 2, "config": CPU_DDP, "main_process_port": _free_port()}}
