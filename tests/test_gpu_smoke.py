@@ -1,5 +1,5 @@
 """scripts/gpu_smoke.sh --dry-run: the GPU smoke path (base model, LLM Q&A from 50 chunks through grounding, LoRA
-train steps, eval of both arms, metrics JSON) run end to end on CPU with a tiny model, as CI runs it."""
+train steps, index, eval of every arm, metrics JSON) run end to end on CPU with a tiny model, as CI runs it."""
 
 from __future__ import annotations
 
