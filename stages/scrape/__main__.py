@@ -8,16 +8,17 @@ metrics/scrape.json. Sources: `github` (live API, cached per repo@commit under s
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import atomic_write, write_jsonl
+from stages.common.jsonl import dumps
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
 from stages.scrape.landscape import is_url, load_landscape_bytes, make_client, parse_items, select_projects
-from stages.scrape.store import RepoSnapshot, materialize
+from stages.scrape.store import RepoSnapshot, materialize, publish
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,13 @@ def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> 
     projects = select_projects(parse_items(landscape), params)
     metrics.inc("projects.selected", len(projects))
     log.info("selected %d projects from %s", len(projects), location)
-    write_jsonl(out_dir / "projects.jsonl", projects)
-    with atomic_write(out_dir / "landscape.yml", mode="wb", encoding=None) as fh:
-        fh.write(landscape)
 
     cache_dir = Path(params.get("cache_dir") or ".cache/scrape")
     snapshots: list[RepoSnapshot] = []
     if source == "mirror":
         from stages.scrape.mirror import mirror_snapshots
 
-        snapshots += mirror_snapshots(Path(params.get("mirror_dir") or ""), projects, params, metrics)
+        snapshots += mirror_snapshots(str(params.get("mirror_dir") or ""), projects, params, metrics)
     else:
         from stages.scrape.github import scrape_github
 
@@ -56,8 +54,12 @@ def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> 
 
     for key in ("api_calls", "downloads", "repos.ok", "repos.failed"):
         metrics.inc(key, 0)  # present even when zero, so runs compare key by key
-    records = materialize(snapshots, out_dir)
-    write_jsonl(out_dir / "manifest.jsonl", records)
+    skipped: Counter[str] = Counter()
+    records = materialize(snapshots, out_dir, skipped)
+    for reason, n in sorted(skipped.items()):
+        metrics.inc(f"skipped.{reason}", n)
+    publish(out_dir, {"projects.jsonl": jsonl_bytes(projects), "landscape.yml": landscape,
+                      "manifest.jsonl": jsonl_bytes(records)})
     for record in records:
         metrics.inc(f"files.{record['kind']}")
         metrics.inc("bytes", record["bytes"])
@@ -65,6 +67,10 @@ def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> 
     metrics.set("throughput.files_per_second", round(len(records) / max(metrics.elapsed, 1e-9), 1))
     log.info("wrote %d files (%d repos) to %s", len(records), len(snapshots), out_dir)
     return records
+
+
+def jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
+    return "".join(dumps(r) + "\n" for r in records).encode("utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from stages.common.cli import StageError
 from stages.common.http import HttpClient, HttpError
+from stages.scrape.select import is_github_owner, is_github_repo_name
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,8 @@ def github_repo(url: str) -> tuple[str, str] | None:
     if len(parts) < 2:
         return None
     repo = parts[1][:-4] if parts[1].endswith(".git") else parts[1]
+    if not (is_github_owner(parts[0]) and is_github_repo_name(repo)):
+        return None  # a URL that names no valid repository never becomes an API path or a folder name
     return parts[0], repo
 
 
