@@ -28,14 +28,12 @@ from stages.common.jsonl import read_jsonl, write_jsonl
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
 from stages.common.progress import progress
+from stages.common.text import count_words, split_fences
 
 log = logging.getLogger(__name__)
 
 STRUCTURED_KINDS = ("yaml", "json")
 DOC_TEXT_CHARS = 50000  # a document's language is decided on its first 50k characters: plenty, and bounded
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{CJK}]|[^\s{CJK}]+")
-FENCED_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]{0,3}\1[ \t]*$|\Z)", re.M | re.S)
 INDENTED_CODE_RE = re.compile(r"(?:^(?: {4}|\t)[^\n]*\n?){2,}", re.M)
 INLINE_CODE_RE = re.compile(r"`[^`\n]*`")
 URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+|\S+@\S+\.\w+")
@@ -46,14 +44,9 @@ MARKUP_RE = re.compile(r"^[ \t]*(?:#{1,6}|>|[-*+]|\d+[.)])[ \t]+|[|*_~#<>\[\]{}(
 _IDENTIFIER: Any = None
 
 
-def count_words(text: str) -> int:
-    """Whitespace words; each CJK character counts as one (same rule as unify's chunk bound)."""
-    return len(WORD_RE.findall(text))
-
-
 def prose_of(text: str) -> str:
     """The natural-language part of a chunk: code blocks, inline code, URLs, paths, flags and markup removed."""
-    s = FENCED_RE.sub(" ", text)
+    s = "\n".join(seg if not is_code else " " for is_code, seg in split_fences(text))
     s = INDENTED_CODE_RE.sub(" ", s)
     s = INLINE_CODE_RE.sub(" ", s)
     s = TEMPLATE_RE.sub(" ", s)
