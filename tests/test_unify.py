@@ -16,7 +16,7 @@ from stages.unify.pipeline import convert_markdown, unify
 from tests.helpers_scrape_fixture import scrape_from_corpus, scrape_from_files
 
 PARAMS = {"chunk_max_words": 60, "chunk_min_words": 10, "max_file_bytes": 1_000_000, "pdf_max_pages": 50,
-          "workers": 1}
+          "workers": 1, "file_timeout_s": 60}
 
 
 def read(path: Path) -> list[dict]:

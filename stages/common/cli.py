@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -35,8 +37,18 @@ def stage_parser(description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a stage's main; user-fixable errors become one clear line and exit code 1."""
+    """Run a stage's main; user-fixable errors become one clear line and exit code 1.
+
+    SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so process pools are terminated by their `with` blocks
+    instead of being left behind as orphans.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread (a test calling run_cli): leave signals alone
+        signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         main(argv)
     except (StageError, ParamsError) as exc:
