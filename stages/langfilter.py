@@ -25,9 +25,9 @@ from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_jsonl, write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
+from stages.common.schema import LangfilterParams, load_stage_params
 from stages.common.text import count_words, split_fences
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,12 @@ def filter_chunks(chunks: list[dict[str, Any]], params: dict[str, Any], document
     metrics = metrics or StageMetrics("langfilter")
     languages = [str(x) for x in params["languages"]]
     min_conf, min_words = float(params["min_confidence"]), int(params["min_words"])
-    workers = max(1, int(params.get("workers", 1)))
+    workers = max(1, int(params["workers"]))
     identifier()  # load before forking: workers inherit it
     structured = [c.get("kind") in STRUCTURED_KINDS for c in chunks]
     verdicts = [v for _, v in judge_all([("" if s else str(c.get("text", "")), min_words)
                                          for c, s in zip(chunks, structured, strict=True)], workers, "langid")]
-    inherit_below = float(params.get("inherit_below", 0.0))
+    inherit_below = float(params["inherit_below"])
     doubtful = [v is not None and v[0] not in languages and v[1] < inherit_below for v in verdicts]
     need_doc = {str(c.get("doc_id")) for c, s, v, d in zip(chunks, structured, verdicts, doubtful, strict=True)
                 if (not s and v is None) or d}
@@ -230,10 +230,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(default: langfilter.ground_truth)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("langfilter", args.params)
-    ground_truth = args.ground_truth or (Path(params["ground_truth"]) if params.get("ground_truth") else None)
+    params = load_stage_params("langfilter", LangfilterParams, args.params).model_dump()
+    ground_truth = args.ground_truth or (Path(params["ground_truth"]) if params["ground_truth"] else None)
     metrics = StageMetrics("langfilter")
-    result = run(Path(args.in_dir), Path(args.out_dir), params, metrics, ground_truth)
+    with recorded_failure(metrics, args.metrics):
+        result = run(Path(args.in_dir), Path(args.out_dir), params, metrics, ground_truth)
     metrics.write(args.metrics)
     log.info("langfilter: %d chunks -> %d kept, %d rejected (%.1fs)%s", result["chunks_in"], result["kept"],
              result["rejected"], metrics.elapsed, f"; quality {result['quality']}" if "quality" in result else "")

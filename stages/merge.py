@@ -26,9 +26,10 @@ import yaml
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import atomic_write, iter_jsonl_lenient, read_jsonl, stable_id, write_jsonl
-from stages.common.metrics import StageMetrics
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
+from stages.common.schema import MergeParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -551,25 +552,24 @@ def merge(qa_gen_path: Path, stackoverflow_path: Path, out_dir: Path, params: di
           metrics: StageMetrics, manifest_path: Path = MANIFEST_PATH, entities_path: Path = ENTITIES_PATH,
           base_dir: Path = Path(".")) -> dict[str, list[dict[str, Any]]]:
     """The whole stage on explicit paths; `params` is the full params file (merge, qa_gen, eval sections)."""
-    cfg = params.get("merge") or {}
-    priority = list(cfg.get("source_priority") or ["docs", "stackoverflow"])
-    seed = int(cfg.get("seed", 42))
+    cfg = params["merge"]  # validated by MergeParams: every key present, defaults in params.yaml only
+    priority = list(cfg["source_priority"])
+    seed = int(cfg["seed"])
+    ngram, min_words = int(cfg["decontam_ngram"]), int(cfg["decontam_min_words"])
     pairs = load_pairs(qa_gen_path, stackoverflow_path, metrics)
     pairs = normalize_pairs(pairs, metrics)
     eval_sets = (params.get("eval") or {}).get("sets") or []
-    index = build_contamination_index(eval_sets, int(cfg.get("decontam_ngram", 13)),
-                                      int(cfg.get("decontam_min_words", 3)), base_dir)
+    index = build_contamination_index(eval_sets, ngram, min_words, base_dir)
     pairs = decontaminate(pairs, index, metrics)
     pairs = exact_dedup(pairs, priority, metrics)
-    pairs = near_dedup(pairs, float(cfg.get("near_dup_threshold", 0.85)), int(cfg.get("minhash_num_perm", 128)),
+    pairs = near_dedup(pairs, float(cfg["near_dup_threshold"]), int(cfg["minhash_num_perm"]),
                        seed, priority, metrics)
-    splits = split_pairs(pairs, float(cfg.get("validation_fraction", 0.05)), float(cfg.get("test_fraction", 0.05)),
+    splits = split_pairs(pairs, float(cfg["validation_fraction"]), float(cfg["test_fraction"]),
                          seed)
-    if cfg.get("decontaminate_heldout", True):
-        splits = decontaminate_heldout(splits, int(cfg.get("decontam_ngram", 13)),
-                                       int(cfg.get("decontam_min_words", 3)), metrics)
+    if cfg["decontaminate_heldout"]:
+        splits = decontaminate_heldout(splits, ngram, min_words, metrics)
 
-    system_prompt = str(cfg.get("system_prompt") or "")
+    system_prompt = str(cfg["system_prompt"])
     for name in SPLITS:
         n = write_jsonl(out_dir / f"{name}.jsonl", (to_chat_record(p, system_prompt) for p in splits[name]))
         metrics.inc(f"out.{name}", n)
@@ -596,14 +596,15 @@ def _record_breakdowns(splits: dict[str, list[dict[str, Any]]], metrics: StageMe
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    cfg = load_params("merge", args.params)
-    params = load_params(None, args.params)
+    cfg = load_stage_params("merge", MergeParams, args.params)
+    params = {**load_params(None, args.params), "merge": cfg.model_dump()}
     metrics = StageMetrics("merge")
-    splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)
+    with recorded_failure(metrics):
+        splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)
     metrics.write()
     log.info("merge: train %d, validation %d, test %d -> %s", *(len(splits[s]) for s in SPLITS), OUT_DIR)
-    if cfg.get("push_to_hub"):
-        push_to_hub(OUT_DIR, str(cfg.get("hub_repo") or ""))
+    if cfg.push_to_hub:
+        push_to_hub(OUT_DIR, cfg.hub_repo)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ from urllib.parse import quote, unquote, urlparse
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.http import HttpClient, HttpError
 from stages.common.jsonl import stable_id, write_json, write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
+from stages.common.schema import StackOverflowParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -586,9 +586,10 @@ def run(projects_path: Path, out_path: Path, cfg: dict[str, Any], metrics: Stage
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    cfg = load_params("stackoverflow", args.params)
+    cfg = load_stage_params("stackoverflow", StackOverflowParams, args.params).model_dump()
     metrics = StageMetrics("stackoverflow")
-    pairs = run(PROJECTS_PATH, OUT_PATH, cfg, metrics)
+    with recorded_failure(metrics):
+        pairs = run(PROJECTS_PATH, OUT_PATH, cfg, metrics)
     metrics.write()
     log.info("stackoverflow: %d pairs -> %s", len(pairs), OUT_PATH)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import dumps
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
+from stages.common.schema import ScrapeParams, load_stage_params
 from stages.scrape.landscape import is_url, load_landscape_bytes, make_client, parse_items, select_projects
 from stages.scrape.store import RepoSnapshot, materialize, publish
 
@@ -79,12 +79,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/scrape.json", help="metrics file (default: metrics/scrape.json)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("scrape", args.params)
+    params = load_stage_params("scrape", ScrapeParams, args.params).model_dump()
     metrics = StageMetrics("scrape")
-    try:
+    with recorded_failure(metrics, args.metrics):
         run_scrape(params, Path(args.out_dir), metrics)
-    finally:
-        metrics.write(args.metrics)
+    metrics.write(args.metrics)
 
 
 if __name__ == "__main__":

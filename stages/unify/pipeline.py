@@ -262,7 +262,7 @@ def convert_all(rows: list[dict[str, Any]], scrape_dir: Path, params: dict[str, 
     """Run process_file over rows with `params['workers']` processes (1 = in this process); any order out."""
     ordered = sorted(rows, key=lambda r: (-_task_cost(r), str(r.get("local_path"))))
     tasks = [(row, str(scrape_dir), params) for row in ordered]
-    workers = max(1, int(params.get("workers", 1)))
+    workers = max(1, int(params["workers"]))
     if workers == 1 or len(tasks) < 2:
         yield from map(_work, tasks)
         return
