@@ -26,9 +26,10 @@ def resolve_under(root: str | Path, *parts: str) -> Path:
     return target
 
 
-def read_regular_file(path: str | Path, max_bytes: int | None = None) -> bytes:
-    """The bytes of a regular file, never through a final symlink and never blocking on a FIFO or device."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+def read_regular_file(path: str | Path, max_bytes: int | None = None, follow_symlinks: bool = False) -> bytes:
+    """The bytes of a regular file, never blocking on a FIFO or device; a final symlink is refused unless
+    `follow_symlinks` (a folder the user named, e.g. a replay dir of links into a corpus)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
         fd = os.open(path, flags)
     except OSError as exc:
