@@ -30,6 +30,7 @@ from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
 from stages.common.schema import MergeParams, load_stage_params
+from stages.common.text import fenced_lines, split_fences
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ _HTML_TAGS = (
 _TAG_RE = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
 _BREAK_RE = re.compile(r"<(?:br|hr)\s*/?>|</(?:p|div|li|tr|h[1-6]|blockquote|pre)>", re.IGNORECASE)
 _COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
-_FENCE_RE = re.compile(r"^\s*(```|~~~)")
 _WORD_RE = re.compile(r"\w+")
 
 
@@ -136,20 +136,9 @@ def normalize_text(text: str) -> str:
 
 
 def _fence_segments(text: str) -> list[tuple[bool, list[str]]]:
-    """Split into (is_code, lines) runs; fence lines belong to their code run, an unclosed fence is closed."""
-    segments: list[tuple[bool, list[str]]] = []
-    in_fence = False
-    for line in text.split("\n"):
-        is_fence = bool(_FENCE_RE.match(line))
-        code_line = in_fence or is_fence
-        if not segments or segments[-1][0] != code_line or (is_fence and not in_fence and segments[-1][0]):
-            segments.append((code_line, []))
-        segments[-1][1].append(line.strip() if is_fence else line)
-        if is_fence:
-            in_fence = not in_fence
-    if in_fence:  # an unclosed fence would swallow the rest of a chat turn in most renderers
-        segments[-1][1].append("```")
-    return segments
+    """(is_code, lines) runs; fence lines trimmed, an unclosed fence closed (it would swallow the rest of a chat
+    turn in most renderers)."""
+    return [(True, fenced_lines(seg)) if is_code else (False, seg.split("\n")) for is_code, seg in split_fences(text)]
 
 
 def tokens(text: str) -> list[str]:

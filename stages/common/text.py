@@ -81,6 +81,26 @@ def split_fences(text: str) -> list[tuple[bool, str]]:
     return parts
 
 
+ANY_FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
+
+
+def fenced_lines(segment: str) -> list[str]:
+    """A code segment from `split_fences` as lines with its fence lines trimmed, closed when it was not (a
+    chunk cut mid-block): downstream text never leaves a fence open."""
+    lines = segment.split("\n")
+    opener = ANY_FENCE_RE.match(lines[0])
+    if opener is None:
+        return lines
+    lines[0] = lines[0].strip()
+    closer = ANY_FENCE_RE.match(lines[-1]) if len(lines) > 1 else None
+    if closer and closer.group(1)[0] == opener.group(1)[0] and len(closer.group(1)) >= len(opener.group(1)) \
+            and not closer.group(2).strip():
+        lines[-1] = lines[-1].strip()
+    else:
+        lines.append(opener.group(1))
+    return lines
+
+
 # ------------------------------------------------------------------------------------ template syntax
 def _drop_between(text: str, opener: str, closer: str) -> str:
     """Remove every opener...closer span (an unclosed opener runs to the end), one forward scan."""

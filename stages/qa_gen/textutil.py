@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from stages.common.text import fenced_lines, split_fences
+
 
 def wordset(text: str) -> frozenset[str]:
     """A set of words written as one readable block of text."""
@@ -23,7 +25,6 @@ there these they this those through to too under until up upon us very via was w
 who whom why will with within without would you your yours e.g i.e etc
 """)
 
-_FENCE = re.compile(r"^\s*(```|~~~)")
 _TOOLTIP = re.compile(r"\{\{[<%]\s*glossary_tooltip\s+[^}]*?text=\"([^\"]*)\"[^}]*?[%>]\}\}")
 _SHORTCODE = re.compile(r"\{\{[<%].*?[%>]\}\}", re.S)
 _GITBOOK_TAG = re.compile(
@@ -62,37 +63,13 @@ def content_words(text: str) -> list[str]:
 def split_blocks(text: str) -> list[tuple[str, str]]:
     """Split markdown into ('code', block) and ('text', paragraph) blocks; fences stay whole."""
     blocks: list[tuple[str, str]] = []
-    buf: list[str] = []
-    in_code = False
-    fence = ""
-
-    def flush(kind: str) -> None:
-        if buf and "".join(buf).strip():
-            blocks.append((kind, "\n".join(buf).strip("\n")))
-        buf.clear()
-
-    for line in text.splitlines():
-        m = _FENCE.match(line)
-        if in_code:
-            buf.append(line)
-            if m and m.group(1) == fence and line.strip() == fence:
-                flush("code")
-                in_code = False
+    for is_code, segment in split_fences(text.replace("\r\n", "\n").replace("\r", "\n")):
+        if is_code:  # an unclosed fence (chunk cut mid-block) is still code, never prose: it is closed
+            blocks.append(("code", "\n".join(fenced_lines(segment)).strip("\n")))
             continue
-        if m:
-            flush("text")
-            in_code, fence = True, m.group(1)
-            buf.append(line)
-            continue
-        if not line.strip():
-            flush("text")
-        else:
-            buf.append(line)
-    if in_code:  # an unclosed fence (chunk cut mid-block) is still code, never prose
-        buf.append(fence)
-        flush("code")
-    else:
-        flush("text")
+        for paragraph in re.split(r"\n[ \t]*\n", segment):
+            if paragraph.strip():
+                blocks.append(("text", paragraph.strip("\n")))
     return blocks
 
 
