@@ -84,18 +84,19 @@ def split_fences(text: str) -> list[tuple[bool, str]]:
 ANY_FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
 
 
-def fenced_lines(segment: str) -> list[str]:
-    """A code segment from `split_fences` as lines with its fence lines trimmed, closed when it was not (a
-    chunk cut mid-block): downstream text never leaves a fence open."""
+def fenced_lines(segment: str, trim_fences: bool = True) -> list[str]:
+    """A code segment from `split_fences` as lines (fence lines trimmed unless told not to), closed when it was
+    not (a chunk cut mid-block): downstream text never leaves a fence open."""
     lines = segment.split("\n")
     opener = ANY_FENCE_RE.match(lines[0])
     if opener is None:
         return lines
-    lines[0] = lines[0].strip()
+    if trim_fences:
+        lines[0] = lines[0].strip()
     closer = ANY_FENCE_RE.match(lines[-1]) if len(lines) > 1 else None
     if closer and closer.group(1)[0] == opener.group(1)[0] and len(closer.group(1)) >= len(opener.group(1)) \
             and not closer.group(2).strip():
-        lines[-1] = lines[-1].strip()
+        lines[-1] = lines[-1].strip() if trim_fences else lines[-1]
     else:
         lines.append(opener.group(1))
     return lines

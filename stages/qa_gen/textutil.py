@@ -65,7 +65,7 @@ def split_blocks(text: str) -> list[tuple[str, str]]:
     blocks: list[tuple[str, str]] = []
     for is_code, segment in split_fences(text.replace("\r\n", "\n").replace("\r", "\n")):
         if is_code:  # an unclosed fence (chunk cut mid-block) is still code, never prose: it is closed
-            blocks.append(("code", "\n".join(fenced_lines(segment)).strip("\n")))
+            blocks.append(("code", "\n".join(fenced_lines(segment, trim_fences=False)).strip("\n")))
             continue
         for paragraph in re.split(r"\n[ \t]*\n", segment):
             if paragraph.strip():
