@@ -540,8 +540,8 @@ class DirSource:
         if not self.has_page(tag, page):
             return {"items": [], "has_more": False}
         data = self._load(self.dir / f"questions_{tag}_page_{page:03d}.json")
-        if data is not None and not self.has_page(tag, page + 1):
-            data["has_more"] = False  # a saved run may have been cut short: the files are the truth
+        if data is not None and page_problem(data) is None:
+            data["has_more"] = self.has_page(tag, page + 1)  # a saved run may have been cut short: files are the truth
         return data
 
     def answers(self, tag: str, page: int, question_ids: Sequence[int]) -> list[dict[str, Any]]:
@@ -620,8 +620,8 @@ def collect_tag(source: ApiSource | DirSource, project: str, tag: str, cfg: dict
             if ends_tag or bad_pages > MAX_BAD_PAGES or not source.has_page(tag, page):
                 break
             continue
-        bad_pages = 0
         items = valid_items(data, "question", "question_id", metrics, f"{tag} page {page}")[: max_questions - seen]
+        bad_pages = 0 if items else bad_pages + 1  # empty pages that claim more are bounded like broken ones
         seen += len(items)
         metrics.inc("questions.seen", len(items))
         wanted = [q for q in items if as_int(q.get("score")) >= min_q]
@@ -641,7 +641,7 @@ def collect_tag(source: ApiSource | DirSource, project: str, tag: str, cfg: dict
                 metrics.inc("dropped.no_answers")
                 continue
             pairs += make_pairs(project, q, pick_answers(answers, min_a, per_question, metrics), site, metrics)
-        if not data.get("has_more") or not items:
+        if not data.get("has_more") or bad_pages > MAX_BAD_PAGES:
             break
         page += 1
     log.info("%s [%s]: %d questions, %d pairs", project, tag, seen, len(pairs))

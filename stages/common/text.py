@@ -59,7 +59,9 @@ def _block_markdown() -> Any:
 
 def split_fences(text: str) -> list[tuple[bool, str]]:
     """(is_code, segment) parts of markdown; a fenced block keeps its fence lines, an unclosed one runs to the
-    end of its container. Joining the segments with "\\n" gives back the text."""
+    end of its container. Joining the segments with "\\n" gives back the text (line ends normalized to \\n, as
+    the parser sees them)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "```" not in text and "~~~" not in text:  # no fence marker at all: skip the parse (most chunks)
         return [(False, text)]
     lines = text.split("\n")
