@@ -338,11 +338,11 @@ class ApiSource:
 
     def __init__(self, cfg: dict[str, Any], client: HttpClient, metrics: StageMetrics,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-        self.base = str(cfg.get("api_url") or "").rstrip("/")
-        self.site = str(cfg.get("site") or "stackoverflow")
-        self.filter = str(cfg.get("filter") or "")
-        self.min_question_score = int(cfg.get("min_question_score", 1))
-        self.save_dir = Path(cfg["save_dir"]) if cfg.get("save_dir") else None
+        self.base = str(cfg["api_url"]).rstrip("/")
+        self.site = str(cfg["site"])
+        self.filter = str(cfg["filter"])
+        self.min_question_score = int(cfg["min_question_score"])
+        self.save_dir = Path(cfg["save_dir"]) if cfg["save_dir"] else None
         self.key = os.environ.get("STACKEXCHANGE_KEY", "")
         self.client, self.metrics, self.sleep, self.clock = client, metrics, sleep, clock
         self.not_before: dict[str, float] = {}
@@ -596,11 +596,11 @@ def make_pairs(project: str, question: dict[str, Any], answers: Sequence[dict[st
 def collect_tag(source: ApiSource | DirSource, project: str, tag: str, cfg: dict[str, Any],
                 metrics: StageMetrics) -> tuple[list[dict[str, Any]], int]:
     """All pairs of one tag (and how many questions it listed): paginate, fetch missing answers, pick."""
-    page_size = max(1, min(API_PAGE_SIZE_MAX, int(cfg.get("page_size", 100))))
-    max_questions = int(cfg.get("max_questions_per_tag", 300))
-    min_q, min_a = int(cfg.get("min_question_score", 1)), int(cfg.get("min_answer_score", 1))
-    per_question = int(cfg.get("max_answers_per_question", 1))
-    site = str(cfg.get("site") or "stackoverflow")
+    page_size = max(1, min(API_PAGE_SIZE_MAX, int(cfg["page_size"])))
+    max_questions = int(cfg["max_questions_per_tag"])
+    min_q, min_a = int(cfg["min_question_score"]), int(cfg["min_answer_score"])
+    per_question = int(cfg["max_answers_per_question"])
+    site = str(cfg["site"])
     pairs: list[dict[str, Any]] = []
     seen = 0
     page = 1
@@ -666,7 +666,7 @@ def collect(source: ApiSource | DirSource, tags_by_project: dict[str, list[str]]
     known = source.known_tags(all_tags) if all_tags else set()
     for tag in all_tags:
         if tag not in known:
-            log.info("tag %r is not a %s tag; skipped", tag, cfg.get("site", "stackoverflow"))
+            log.info("tag %r is not a %s tag; skipped", tag, cfg["site"])
             metrics.inc("dropped.unknown_tag")
     fetched: dict[str, tuple[list[dict[str, Any]], int]] = {}
     candidates: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
@@ -692,14 +692,14 @@ def collect(source: ApiSource | DirSource, tags_by_project: dict[str, list[str]]
 def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient | None = None,
                 sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> ApiSource | DirSource:
-    kind = str(cfg.get("source") or "api")
+    kind = str(cfg["source"])
     if kind == "dir":
         if not cfg.get("dir"):
             raise StageError("stackoverflow.source=dir needs -S stackoverflow.dir=<folder of saved API pages>")
         return DirSource(Path(str(cfg["dir"])), metrics)
     if kind != "api":
         raise StageError(f"stackoverflow.source must be api or dir, not {kind!r}")
-    client = client or HttpClient(timeout=float(cfg.get("timeout", 30)), max_retries=int(cfg.get("max_retries", 5)),
+    client = client or HttpClient(timeout=float(cfg["timeout"]), max_retries=int(cfg["max_retries"]),
                                   offline_hint=OFFLINE_HINT, sleep=sleep)
     return ApiSource(cfg, client, metrics, sleep=sleep, clock=clock)
 
@@ -707,7 +707,7 @@ def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient |
 def run(projects_path: Path, out_path: Path, cfg: dict[str, Any], metrics: StageMetrics,
         source: ApiSource | DirSource | None = None) -> list[dict[str, Any]]:
     """The whole stage on explicit paths; tests pass a source wired to the fake API."""
-    tags_by_project = project_tags(read_projects(projects_path, metrics), dict(cfg.get("tags") or {}))
+    tags_by_project = project_tags(read_projects(projects_path, metrics), dict(cfg["tags"]))
     metrics.inc("in.projects", len(tags_by_project))
     source = source or make_source(cfg, metrics)
     pairs = collect(source, tags_by_project, cfg, metrics)
