@@ -27,27 +27,27 @@ SOURCES = ("github", "mirror")
 
 def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
     """The whole stage as one call: returns the manifest records it wrote."""
-    source = params.get("source", "github")
+    source = params["source"]
     if source not in SOURCES:
         raise StageError(f"scrape.source must be one of {', '.join(SOURCES)}, not {source!r}")
     out_dir = Path(out_dir)
-    location = str(params.get("landscape_url") or "")
+    location = str(params["landscape_url"])
     landscape = load_landscape_bytes(location, make_client(params) if is_url(location) else None)
     projects = select_projects(parse_items(landscape), params)
     metrics.inc("projects.selected", len(projects))
     log.info("selected %d projects from %s", len(projects), location)
 
-    cache_dir = Path(params.get("cache_dir") or ".cache/scrape")
+    cache_dir = Path(params["cache_dir"])
     snapshots: list[RepoSnapshot] = []
     if source == "mirror":
         from stages.scrape.mirror import mirror_snapshots
 
-        snapshots += mirror_snapshots(str(params.get("mirror_dir") or ""), projects, params, metrics)
+        snapshots += mirror_snapshots(str(params["mirror_dir"]), projects, params, metrics)
     else:
         from stages.scrape.github import scrape_github
 
         snapshots += scrape_github(projects, params, cache_dir, metrics)
-    if (params.get("web") or {}).get("enabled"):
+    if params["web"]["enabled"]:
         from stages.scrape.web import crawl_sites
 
         snapshots += crawl_sites(projects, params, cache_dir, metrics)

@@ -79,9 +79,7 @@ def make_github(params: dict[str, Any], client: HttpClient) -> GitHub:
     if token:  # goes into the session headers only; never logged, never written
         client._session.headers["Authorization"] = f"Bearer {token}"  # noqa: SLF001
     client._session.headers["Accept"] = "application/vnd.github+json"  # noqa: SLF001
-    gh = params.get("github") or {}
-    return GitHub(client, gh.get("api_url", "https://api.github.com"),
-                  gh.get("raw_url", "https://raw.githubusercontent.com"))
+    return GitHub(client, params["github"]["api_url"], params["github"]["raw_url"])
 
 
 def head_commit(gh: GitHub, owner: str, repo: str) -> str:
@@ -218,7 +216,7 @@ def download_files(gh: GitHub, owner: str, repo: str, sha: str, blobs: list[dict
                    params: dict[str, Any], skipped: Counter[str]) -> tuple[list[str], int]:
     """Download (or reuse from an interrupted run) the wanted blobs; returns (stored paths, failures)."""
     max_bytes = int(params.get("max_file_bytes") or 0) or None
-    workers = max(1, int((params.get("github") or {}).get("concurrency", 8)))
+    workers = max(1, int(params["github"]["concurrency"]))
     lock = threading.Lock()
     failures: Counter[str] = Counter()
 
@@ -299,7 +297,7 @@ def plan_repos(gh: GitHub | None, projects: list[dict[str, Any]], params: dict[s
     for project in ordered:
         for owner, repo in project_repos(project):
             claim(project["project"], owner, repo, matches_any(repo, globs), False)
-    per_page = int((params.get("github") or {}).get("per_page", 100))
+    per_page = int(params["github"]["per_page"])
     if params.get("discover_docs_repos") and gh is not None:
         for project in ordered:
             for owner in sorted({o for o, _ in project_repos(project)}):

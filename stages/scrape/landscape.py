@@ -49,15 +49,11 @@ OFFLINE_HINT = ("offline? run from local files instead: -S scrape.source=mirror 
 
 def make_client(params: dict[str, Any], **overrides: Any) -> HttpClient:
     """The HttpClient every network part of this stage uses (tests pass tiny backoffs through params)."""
-    gh = params.get("github") or {}
-    kwargs: dict[str, Any] = {
-        "timeout": float(gh.get("timeout", 20)),
-        "max_retries": int(gh.get("max_retries", 5)),
-        "offline_hint": OFFLINE_HINT,
-    }
-    for key in ("backoff_base", "backoff_max", "connect_timeout", "max_rate_limit_wait"):
-        if key in gh:
-            kwargs[key] = float(gh[key])
+    gh = params["github"]
+    kwargs: dict[str, Any] = {"timeout": float(gh["timeout"]), "max_retries": int(gh["max_retries"]),
+                              "offline_hint": OFFLINE_HINT}
+    for key in ("backoff_base", "backoff_max", "max_rate_limit_wait"):
+        kwargs[key] = float(gh[key])
     kwargs.update(overrides)
     return HttpClient(**kwargs)
 
