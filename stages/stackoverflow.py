@@ -29,7 +29,6 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
@@ -41,6 +40,7 @@ from stages.common.jsonl import stable_id, write_json, write_jsonl
 from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
 from stages.common.schema import StackOverflowParams, load_stage_params
+from stages.common.text import LIST_ITEM_RE, html_to_markdown, tidy_markdown
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,12 @@ FILTER_INCLUDE = ("question.body_markdown", "question.answers", "question.link",
 API_PAGE_SIZE_MAX = 100
 API_ERROR_RETRIES = 3  # throttle_violation / temporarily_unavailable / internal_error: wait and retry this often
 RETRYABLE_API_ERRORS = frozenset({"throttle_violation", "temporarily_unavailable", "internal_error"})
-MAX_BAD_PAGES = 5
+MAX_BAD_PAGES = 5  # malformed (or empty) pages in a row before a tag is given up
 MAX_BACKOFF_S = 3600  # a `backoff` field beyond this is garbage, not a request for silence
-TAG_RE = re.compile(r"[a-z0-9][a-z0-9.+#-]{0,34}")  # StackExchange tag names; they become file names too  # malformed pages in a row before a tag is given up
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9.+#-]{0,34}")  # StackExchange tag names; they become file names too
 OFFLINE_HINT = ("to run offline, replay saved API pages: -S stackoverflow.source=dir "
                 "-S stackoverflow.dir=<folder of questions_<tag>_page_NNN.json> "
                 "(e.g. ../shared/corpus/stackexchange)")
-_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 _LANG_HINT_RE = re.compile(r"^\s*<!--\s*language(?:-all)?:\s*(?:lang-)?([\w+#.-]+)\s*-->\s*$")
 
@@ -114,125 +113,6 @@ def read_projects(path: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------- markup
-class _HtmlToMarkdown(HTMLParser):
-    """Stack Overflow post HTML -> markdown: code blocks fenced, inline code, links, lists, quotes kept."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.pre: list[str] | None = None
-        self.pre_lang = ""
-        self.links: list[str] = []
-        self.lists: list[list[int]] = []  # [ordered?, counter]
-        self.quotes: list[int] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if self.pre is not None:
-            if tag == "code":
-                self.pre_lang = _lang_from_class(a.get("class") or "") or self.pre_lang
-            return
-        if tag in ("p", "div", "table"):
-            self.out.append("\n\n")
-        elif tag == "br":
-            self.out.append("\n")
-        elif re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n" + "#" * int(tag[1]) + " ")
-        elif tag == "pre":
-            self.pre, self.pre_lang = [], _lang_from_class(a.get("class") or "")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a":
-            self.links.append(a.get("href") or "")
-            self.out.append("[")
-        elif tag in ("ul", "ol"):
-            self.lists.append([tag == "ol", 0])
-            self.out.append("\n")
-        elif tag == "li":
-            indent = "  " * max(0, len(self.lists) - 1)
-            if self.lists and self.lists[-1][0]:
-                self.lists[-1][1] += 1
-                self.out.append(f"\n{indent}{self.lists[-1][1]}. ")
-            else:
-                self.out.append(f"\n{indent}- ")
-        elif tag == "blockquote":
-            self.out.append("\n\n")
-            self.quotes.append(len(self.out))
-        elif tag == "hr":
-            self.out.append("\n\n---\n\n")
-        elif tag == "img":
-            self.out.append(f"![{a.get('alt') or ''}]({a.get('src') or ''})")
-        elif tag in ("tr",):
-            self.out.append("\n")
-        elif tag in ("td", "th"):
-            self.out.append(" | ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.pre is not None:
-            if tag == "pre":
-                code = "".join(self.pre).strip("\n")
-                self.out.append(f"\n\n```{self.pre_lang}\n{code}\n```\n\n")
-                self.pre = None
-            return
-        if tag in ("p", "div", "table") or re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a" and self.links:
-            href = self.links.pop()
-            self.out.append(f"]({href})" if href else "]")
-        elif tag in ("ul", "ol") and self.lists:
-            self.lists.pop()
-            self.out.append("\n\n")
-        elif tag == "blockquote" and self.quotes:
-            start = self.quotes.pop()
-            inner = _tidy("".join(self.out[start:]))
-            self.out[start:] = ["\n".join("> " + line if line else ">" for line in inner.split("\n")), "\n\n"]
-
-    def handle_data(self, data: str) -> None:
-        if self.pre is not None:
-            self.pre.append(data)
-        else:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-def _lang_from_class(value: str) -> str:
-    match = re.search(r"(?:lang|language)-([\w+#.-]+)", value)
-    return match.group(1) if match and match.group(1) not in ("none", "default") else ""
-
-
-def _tidy(text: str, keep_indent: bool = False) -> str:
-    """Trim line ends and blank runs outside code fences; code lines (and markdown indents) are kept."""
-    lines, in_fence = [], False
-    for line in text.split("\n"):
-        if line.strip().startswith("```"):
-            in_fence = not in_fence
-            lines.append(line.strip())
-        elif in_fence:
-            lines.append(line.rstrip())
-        else:
-            keep = keep_indent or _LIST_ITEM_RE.match(line)
-            lines.append(line.rstrip() if keep else line.strip())
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def html_to_markdown(body: str) -> str:
-    parser = _HtmlToMarkdown()
-    parser.feed(body)
-    parser.close()
-    if parser.pre is not None:  # unclosed <pre>: keep its text as code rather than lose it
-        parser.out.append("\n\n```\n" + "".join(parser.pre).strip("\n") + "\n```\n")
-    return _tidy("".join(parser.out))
-
-
 def markdown_from_api(body_markdown: str) -> str:
     """`body_markdown` is HTML-escaped Stack Overflow markdown; indented code blocks become fenced ones."""
     lines = html.unescape(body_markdown).replace("\r\n", "\n").split("\n")
@@ -264,7 +144,7 @@ def markdown_from_api(body_markdown: str) -> str:
             continue
         out.append(line)
         i += 1
-    return _tidy("\n".join(out), keep_indent=True)
+    return tidy_markdown("\n".join(out), keep_indent=True)
 
 
 def _is_indented(line: str) -> bool:
@@ -276,7 +156,7 @@ def _code_may_start(out: list[str]) -> bool:
     if out and out[-1].strip():
         return False
     previous = next((line for line in reversed(out) if line.strip()), "")
-    return not (_LIST_ITEM_RE.match(previous) or _is_indented(previous))
+    return not (LIST_ITEM_RE.match(previous) or _is_indented(previous))
 
 
 def post_text(post: dict[str, Any]) -> str:
@@ -285,7 +165,7 @@ def post_text(post: dict[str, Any]) -> str:
         return markdown_from_api(str(post["body_markdown"]))
     body = str(post.get("body") or "")
     if not _HTML_TAG_RE.search(body):  # listing excerpts (and the shared corpus) are plain text: keep lines
-        return _tidy(html.unescape(body))
+        return tidy_markdown(html.unescape(body))
     return html_to_markdown(body)
 
 

@@ -15,6 +15,7 @@ import bisect
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from html.parser import HTMLParser
 from typing import Any
 
 CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -304,6 +305,129 @@ def _inline_html(content: str) -> str:
     if name.lower() in HTML_TAGS or (name[:1].isupper()):
         return ""  # markup or a JSX component
     return content  # `<pod-name>`: a placeholder in prose
+
+
+# Stack Overflow post HTML: code must come out fenced (trafilatura drops <pre> layout, lxml text loses it).
+LIST_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
+
+
+class _HtmlToMarkdown(HTMLParser):
+    """Stack Overflow post HTML -> markdown: code blocks fenced, inline code, links, lists, quotes kept."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.pre: list[str] | None = None
+        self.pre_lang = ""
+        self.links: list[str] = []
+        self.lists: list[list[int]] = []  # [ordered?, counter]
+        self.quotes: list[int] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if self.pre is not None:
+            if tag == "code":
+                self.pre_lang = _lang_from_class(a.get("class") or "") or self.pre_lang
+            return
+        if tag in ("p", "div", "table"):
+            self.out.append("\n\n")
+        elif tag == "br":
+            self.out.append("\n")
+        elif re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n" + "#" * int(tag[1]) + " ")
+        elif tag == "pre":
+            self.pre, self.pre_lang = [], _lang_from_class(a.get("class") or "")
+        elif tag == "code":
+            self.out.append("`")
+        elif tag in ("strong", "b"):
+            self.out.append("**")
+        elif tag in ("em", "i"):
+            self.out.append("*")
+        elif tag == "a":
+            self.links.append(a.get("href") or "")
+            self.out.append("[")
+        elif tag in ("ul", "ol"):
+            self.lists.append([tag == "ol", 0])
+            self.out.append("\n")
+        elif tag == "li":
+            indent = "  " * max(0, len(self.lists) - 1)
+            if self.lists and self.lists[-1][0]:
+                self.lists[-1][1] += 1
+                self.out.append(f"\n{indent}{self.lists[-1][1]}. ")
+            else:
+                self.out.append(f"\n{indent}- ")
+        elif tag == "blockquote":
+            self.out.append("\n\n")
+            self.quotes.append(len(self.out))
+        elif tag == "hr":
+            self.out.append("\n\n---\n\n")
+        elif tag == "img":
+            self.out.append(f"![{a.get('alt') or ''}]({a.get('src') or ''})")
+        elif tag in ("tr",):
+            self.out.append("\n")
+        elif tag in ("td", "th"):
+            self.out.append(" | ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.pre is not None:
+            if tag == "pre":
+                code = "".join(self.pre).strip("\n")
+                self.out.append(f"\n\n```{self.pre_lang}\n{code}\n```\n\n")
+                self.pre = None
+            return
+        if tag in ("p", "div", "table") or re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n")
+        elif tag == "code":
+            self.out.append("`")
+        elif tag in ("strong", "b"):
+            self.out.append("**")
+        elif tag in ("em", "i"):
+            self.out.append("*")
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            self.out.append(f"]({href})" if href else "]")
+        elif tag in ("ul", "ol") and self.lists:
+            self.lists.pop()
+            self.out.append("\n\n")
+        elif tag == "blockquote" and self.quotes:
+            start = self.quotes.pop()
+            inner = tidy_markdown("".join(self.out[start:]))
+            self.out[start:] = ["\n".join("> " + line if line else ">" for line in inner.split("\n")), "\n\n"]
+
+    def handle_data(self, data: str) -> None:
+        if self.pre is not None:
+            self.pre.append(data)
+        else:
+            self.out.append(re.sub(r"\s+", " ", data))
+
+
+def _lang_from_class(value: str) -> str:
+    match = re.search(r"(?:lang|language)-([\w+#.-]+)", value)
+    return match.group(1) if match and match.group(1) not in ("none", "default") else ""
+
+
+def tidy_markdown(text: str, keep_indent: bool = False) -> str:
+    """Trim line ends and blank runs outside code fences; code lines (and markdown indents) are kept."""
+    lines, in_fence = [], False
+    for line in text.split("\n"):
+        if line.strip().startswith("```"):
+            in_fence = not in_fence
+            lines.append(line.strip())
+        elif in_fence:
+            lines.append(line.rstrip())
+        else:
+            keep = keep_indent or LIST_ITEM_RE.match(line)
+            lines.append(line.rstrip() if keep else line.strip())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def html_to_markdown(body: str) -> str:
+    parser = _HtmlToMarkdown()
+    parser.feed(body)
+    parser.close()
+    if parser.pre is not None:  # unclosed <pre>: keep its text as code rather than lose it
+        parser.out.append("\n\n```\n" + "".join(parser.pre).strip("\n") + "\n```\n")
+    return tidy_markdown("".join(parser.out))
 
 
 # ------------------------------------------------------------------------------------ markdown
