@@ -254,6 +254,8 @@ def html_fragment_text(fragment: str) -> str:
     import lxml.etree
     import lxml.html
 
+    # lxml lowercases tag names: JSX components (`<DocCardList />`) are recognised by their spelling here
+    components = {m.group(1).lower() for m in TAG_NAME_RE.finditer(fragment) if m.group(1)[:1].isupper()}
     try:
         root = lxml.html.fragment_fromstring(fragment, create_parent="div")
     except (lxml.etree.ParserError, ValueError):
@@ -263,7 +265,7 @@ def html_fragment_text(fragment: str) -> str:
     def walk(el: Any) -> None:
         tag = el.tag if isinstance(el.tag, str) else ""
         if tag and tag not in DROP_CONTENT_TAGS:
-            if tag not in HTML_TAGS and tag != "div" and not _is_component(tag):
+            if tag not in HTML_TAGS and tag != "div" and tag not in components:
                 out.append(f"<{tag}>")
             elif tag in BREAK_TAGS:
                 out.append("\n")
@@ -278,11 +280,6 @@ def html_fragment_text(fragment: str) -> str:
     for child in root:
         walk(child)
     return re.sub(r"[ \t]*\n[ \t]*", "\n", "".join(out))
-
-
-def _is_component(tag: str) -> bool:
-    """lxml lowercases names; JSX components (Tabs, TabItem) are known by the project's own spellings."""
-    return tag in {"tabs", "tabitem", "admonition", "details", "codeblock", "card", "cards", "figure", "alert"}
 
 
 def html_page_to_markdown(html: str, url: str | None = None) -> tuple[str, str]:
