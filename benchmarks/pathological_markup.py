@@ -24,6 +24,7 @@ CASES = {
     "hugo shortcode (issue)": '{{< note >}}\nA {{< glossary_tooltip text="Pod" term_id="pod" >}} line.\n',
     "unclosed shortcode": "{{< note ",
     "unclosed mermaid pair": "{{< mermaid >}} graph ",
+    "unclosed highlight pair": "{{< highlight go >}}\nx := 1\n",
     "unclosed html comment": "<!-- x ",
     "nested brackets/links": "[a](b(c)[",
     "jsx-like tags": '<Tabs a="1" b={x} ',

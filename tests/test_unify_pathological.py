@@ -21,7 +21,7 @@ PARAMS = {"chunk_max_words": 300, "chunk_min_words": 30, "max_file_bytes": 5_000
           "workers": 1, "file_timeout_s": 60}
 # The case (a repeated Hugo shortcode) and the units that made the old regex cleaner backtrack.
 HOSTILE_UNITS = ['{{< note >}}\nA {{< glossary_tooltip text="Pod" term_id="pod" >}} line.\n', "{{< note ",
-                 "{{< mermaid >}} graph ", "[a](b(c)[", '<Tabs a="1" b={x} ', "<!-- x ", "*a **b _c "]
+                 "{{< mermaid >}} graph ", "{{< highlight go >}}\nx := 1\n", "[a](b(c)[", '<Tabs a="1" b={x} ', "<!-- x ", "*a **b _c "]
 
 
 @pytest.mark.parametrize("unit", HOSTILE_UNITS)

@@ -200,13 +200,15 @@ def highlight_to_fences(text: str) -> str:
     if "highlight" not in text:
         return text
     spans = _shortcode_spans(text)
+    closers = [k for k, span in enumerate(spans) if span[3] == "highlight" and span[2]]
     out: list[str] = []
     pos = 0
     i = 0
     while i < len(spans):
         start, end, closing, name, args = spans[i]
         if name == "highlight" and not closing and start >= pos:
-            close = next((k for k in range(i + 1, len(spans)) if spans[k][3] == "highlight" and spans[k][2]), None)
+            j = bisect.bisect_right(closers, i)
+            close = closers[j] if j < len(closers) else None
             if close is not None:
                 lang = args.split()[0] if args.split() else ""
                 lang = lang if lang.isidentifier() else ""
