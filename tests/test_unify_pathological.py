@@ -106,3 +106,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize(("kind", "unit"), [("rst", "`a <b"), ("rst", ":x:`a <"), ("adoc", "https://x["),
+                                            ("adoc", "<<a,"), ("adoc", "image::x[")])
+def test_pathological_rst_and_adoc_are_cleaned_fast(kind: str, unit: str) -> None:
+    """Unbounded inline patterns made these quadratic on one long line (5 s at 80 KB); bounded now."""
+    from stages.unify import markup
+
+    text = unit * (80_000 // len(unit))
+    start = time.process_time()
+    (markup.clean_rst if kind == "rst" else markup.clean_adoc)(text)
+    assert time.process_time() - start < 5

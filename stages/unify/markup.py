@@ -38,6 +38,14 @@ def split_front_matter(text: str, load_yaml: Any) -> tuple[dict[str, Any], str]:
     return {}, text
 
 
+# Inline constructs are bounded in length: an unbounded `[^>]+` rescans the rest of the line from every opener
+# (quadratic on a long line of `a <b`); no real link target or label is longer than these bounds.
+RST_LINK_RE = re.compile(r"`([^`<]{1,500}?)\s*<[^>\n]{1,2000}>`_{1,2}")
+RST_ROLE_RE = re.compile(r":\w{1,50}:`([^`<]{1,500}?)(?:\s*<[^>\n]{1,2000}>)?`")
+RST_LITERAL_RE = re.compile(r"``([^`]{1,2000})``")
+ADOC_LINK_RE = re.compile(r"(?:link:)?(?:https?://|mailto:)[^\s\[]{1,2000}\[([^\]]{0,500})\]")
+ADOC_XREF_RE = re.compile(r"<<[^,>]{1,500},\s*([^>]{1,500})>>")
+ADOC_IMAGE_RE = re.compile(r"image::?[^\[]{1,2000}\[[^\]]{0,500}\]")
 RST_UNDERLINE_RE = re.compile(r"^([^\n]+)\n([=\-~^\"'`#*+:.])\2{2,}[ \t]*$", re.M)
 RST_OVERLINE_RE = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\n([^\n]+)\n\1{3,}[ \t]*$", re.M)
 
@@ -82,9 +90,9 @@ def clean_rst(text: str) -> str:
 
 
 def _rst_inline(s: str) -> str:
-    s = re.sub(r"`([^`<]+?)\s*<[^>]+>`_{1,2}", r"\1", s)
-    s = re.sub(r":\w+:`([^`<]+?)(?:\s*<[^>]+>)?`", r"\1", s)
-    return re.sub(r"``([^`]+)``", r"`\1`", s)
+    s = RST_LINK_RE.sub(r"\1", s)
+    s = RST_ROLE_RE.sub(r"\1", s)
+    return RST_LITERAL_RE.sub(r"`\1`", s)
 
 
 def _dedent(lines: list[str]) -> str:
@@ -111,9 +119,9 @@ def clean_adoc(text: str) -> str:
         elif re.match(r"^:[\w-]+:.*$", line) or re.match(r"^\[[\w,. \"=-]*\]\s*$", line) or line.startswith("//"):
             continue
         else:
-            line = re.sub(r"(?:link:)?(?:https?://|mailto:)[^\s\[]+\[([^\]]*)\]", r"\1", line)
-            line = re.sub(r"<<[^,>]+,\s*([^>]+)>>", r"\1", line)
-            line = re.sub(r"image::?[^\[]+\[[^\]]*\]", "", line)
+            line = ADOC_LINK_RE.sub(r"\1", line)
+            line = ADOC_XREF_RE.sub(r"\1", line)
+            line = ADOC_IMAGE_RE.sub("", line)
             out.append(line)
     if in_block:
         out.append("```")
