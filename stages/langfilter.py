@@ -36,9 +36,11 @@ STRUCTURED_KINDS = ("yaml", "json")
 DOC_TEXT_CHARS = 50000  # a document's language is decided on its first 50k characters: plenty, and bounded
 INDENTED_CODE_RE = re.compile(r"(?:^(?: {4}|\t)[^\n]*\n?){2,}", re.M)
 INLINE_CODE_RE = re.compile(r"`[^`\n]*`")
-URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+|\S+@\S+\.\w+")
-TEMPLATE_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
-PATHLIKE_RE = re.compile(r"(?<!\w)(?:[\w.-]*/){2,}[\w.-]*|--?[\w-]+=?\S*")
+# Every pattern is linear on hostile text: starts are anchored by look-behinds and repeats bounded (an unanchored
+# `\S+@` rescanned a long token from each of its characters: quadratic, minutes on one 100 KB "word").
+URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+|(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,253}(?:\.[\w-]{1,63})+")
+TEMPLATE_RE = re.compile(r"\{\{.{0,500}?\}\}|\{%.{0,500}?%\}", re.S)
+PATHLIKE_RE = re.compile(r"(?<![\w.-])(?:[\w.-]{0,200}/){2,}[\w.-]*|(?<![\w-])--?[\w-]+=?\S*")
 MARKUP_RE = re.compile(r"^[ \t]*(?:#{1,6}|>|[-*+]|\d+[.)])[ \t]+|[|*_~#<>\[\]{}()]|^[ \t]*:?-{3,}:?", re.M)
 
 _IDENTIFIER: Any = None

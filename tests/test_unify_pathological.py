@@ -118,3 +118,13 @@ def test_pathological_rst_and_adoc_are_cleaned_fast(kind: str, unit: str) -> Non
     start = time.process_time()
     (markup.clean_rst if kind == "rst" else markup.clean_adoc)(text)
     assert time.process_time() - start < 5
+
+
+@pytest.mark.parametrize("unit", ["{{", "{%", "a.", "a", "-a", "a@"])
+def test_langfilter_prose_is_linear_on_long_tokens(unit: str) -> None:
+    """langfilter's prose extraction on one 80 KB token: was quadratic (about 30 s), now well under a second."""
+    from stages.langfilter import prose_of
+
+    start = time.process_time()
+    prose_of(unit * (80_000 // len(unit)))
+    assert time.process_time() - start < 5
