@@ -30,7 +30,7 @@ from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
 from stages.common.schema import MergeParams, load_stage_params
-from stages.common.text import fenced_lines, split_fences
+from stages.common.text import drop_html_comments, fenced_lines, split_fences
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ _HTML_TAGS = (
 )
 _TAG_RE = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
 _BREAK_RE = re.compile(r"<(?:br|hr)\s*/?>|</(?:p|div|li|tr|h[1-6]|blockquote|pre)>", re.IGNORECASE)
-_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _WORD_RE = re.compile(r"\w+")
 
 
@@ -127,7 +126,7 @@ def normalize_text(text: str) -> str:
         if is_code:
             out.extend(line.rstrip() for line in block)
             continue
-        prose = _TAG_RE.sub("", _BREAK_RE.sub("\n", html.unescape(_COMMENT_RE.sub("", "\n".join(block)))))
+        prose = _TAG_RE.sub("", _BREAK_RE.sub("\n", html.unescape(drop_html_comments("\n".join(block)))))
         for line in prose.split("\n"):
             indent = len(line) - len(line.lstrip(" \t"))
             body = re.sub(r"[ \t\u00a0\u200b]+", " ", line[indent:]).strip()

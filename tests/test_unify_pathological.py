@@ -128,3 +128,16 @@ def test_langfilter_prose_is_linear_on_long_tokens(unit: str) -> None:
     start = time.process_time()
     prose_of(unit * (80_000 // len(unit)))
     assert time.process_time() - start < 5
+
+
+@pytest.mark.parametrize("unit", ["[a](b(c)[", "{{< x ", "<a ", "<!--", "[^a", "<http://a", "*a **b _c ", "\n[a"])
+def test_qa_gen_merge_and_stackoverflow_cleaners_are_linear(unit: str) -> None:
+    """The other stages' text cleaners on 40 KB of one hostile unit (several took 2-15 s before)."""
+    from stages import merge, stackoverflow
+    from stages.qa_gen import textutil
+
+    text = unit * (40_000 // len(unit))
+    for clean in (textutil.clean_inline, textutil.prose_text, merge.normalize_text, stackoverflow.html_to_markdown):
+        start = time.process_time()
+        clean(text)
+        assert time.process_time() - start < 3, clean.__name__

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from stages.common.text import fenced_lines, split_fences
+from stages.common.text import drop_html_comments, fenced_lines, split_fences
 
 
 def wordset(text: str) -> frozenset[str]:
@@ -25,19 +25,22 @@ there these they this those through to too under until up upon us very via was w
 who whom why will with within without would you your yours e.g i.e etc
 """)
 
-_TOOLTIP = re.compile(r"\{\{[<%]\s*glossary_tooltip\s+[^}]*?text=\"([^\"]*)\"[^}]*?[%>]\}\}")
-_SHORTCODE = re.compile(r"\{\{[<%].*?[%>]\}\}", re.S)
+# Repeats are bounded (no real shortcode, link or label is longer): unbounded ones rescanned the rest of the text
+# from every unclosed opener, quadratic on hostile chunks (seconds per 40 KB).
+_TOOLTIP = re.compile(r"\{\{[<%]\s*glossary_tooltip\s+[^}]{0,500}?text=\"([^\"]{0,500})\"[^}]{0,500}?[%>]\}\}")
+_SHORTCODE = re.compile(r"\{\{[<%].{0,500}?[%>]\}\}", re.S)
 _GITBOOK_TAG = re.compile(
-    r"\{%-?\s*(?:end)?(?:hint|tabs|tab|code|content-ref|embed|raw|include)\b.*?-?%\}", re.S
+    r"\{%-?\s*(?:end)?(?:hint|tabs|tab|code|content-ref|embed|raw|include)\b.{0,500}?-?%\}", re.S
 )
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()]|\([^)]*\))*\)")
-_REF_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-_LINK_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
+_IMAGE = re.compile(r"!\[[^\]]{0,500}\]\([^)]{0,2000}\)")
+_LINK = re.compile(r"\[([^\]]{0,500})\]\((?:[^()]|\([^()]{0,200}\)){0,2000}\)")
+_REF_LINK = re.compile(r"\[([^\]]{1,500})\]\[[^\]]{0,200}\]")
+_LINK_DEF = re.compile(r"^\s{0,200}\[[^\]]{1,500}\]:\s{0,200}\S+.*$", re.M)
+_FOOTNOTE_REF = re.compile(r"\[\^[^\]\n]{1,200}\]")
+_AUTOLINK = re.compile(r"<(https?://[^>\s]{1,2000})>")
 _INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
-_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.{1,500}?)(?<=\S)\1")
 _ITALIC = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])([^*_\n]+?)(?<=[^\s*_])\1(?![\w*])")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
 _ADMONITION = re.compile(r"^\s*(?:!!!|\?\?\?\+?|:::)\s*\w*.*$")
@@ -80,7 +83,7 @@ def drop_headings(block: str) -> str:
 
 def clean_inline(text: str) -> str:
     """Markdown/HTML prose -> plain prose that keeps inline `code`, link text and list markers."""
-    text = _HTML_COMMENT.sub(" ", text)
+    text = drop_html_comments(text, " ")
     text = re.sub(r"\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\]\s*", "", text)
     text = _TOOLTIP.sub(r"\1", text)
     text = _SHORTCODE.sub(" ", text)
@@ -89,8 +92,8 @@ def clean_inline(text: str) -> str:
     text = _LINK.sub(r"\1", text)
     text = _REF_LINK.sub(r"\1", text)
     text = _LINK_DEF.sub(" ", text)
-    text = re.sub(r"\[\^[^\]]+\]", "", text)  # footnote references
-    text = re.sub(r"<(https?://[^>\s]+)>", r"\1", text)  # autolinks keep their URL
+    text = _FOOTNOTE_REF.sub("", text)  # footnote references
+    text = _AUTOLINK.sub(r"\1", text)  # autolinks keep their URL
     # Inline code keeps its text as written: `<pod-name>` is a placeholder, not an HTML tag.
     parts = _INLINE_CODE.split(text)
     for i in range(0, len(parts), 2):
