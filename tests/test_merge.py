@@ -152,7 +152,8 @@ def test_records_hold_the_contract(merged: dict[str, Any], inputs: dict[str, Any
     assert 50 < len(records) < total_in
     system = inputs["params"]["merge"]["system_prompt"]
     for r in records:
-        assert set(r) == {"messages", "qa_id", "project", "source", "generator", "doc_id", "url", "license"}
+        assert set(r) == {"messages", "qa_id", "project", "source", "generator", "doc_id", "chunk_id", "url", "license"}
+        assert r["chunk_id"] or r["source"] == "stackoverflow"  # docs pairs name the chunk RAFT puts in the prompt
         assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
         assert r["messages"][0]["content"] == system
         assert all(m["content"].strip() for m in r["messages"])
