@@ -75,7 +75,7 @@ def test_stream_matches_the_plain_answer(server: tuple[str, Any], assistant: Any
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert len(chunks) > 3
-    assert text.strip() == (reference.text + format_sources(reference.sources)).strip()
+    assert text == reference.text + format_sources(reference.sources)
     last = chunks[-1]
     assert last.choices[0].finish_reason == reference.finish_reason
     assert [s["chunk_id"] for s in last.model_extra["sources"]] == [s.chunk_id for s in reference.sources]

@@ -24,9 +24,9 @@ from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
 from stages.common.inference import Answer, GenerationOptions, format_sources
+from stages.common.streaming import StreamCancelled, cancellable_stream, trimmed
 from stages.serve.batcher import Batcher, BatchKey
 from stages.serve.schema import ChatRequest, ServeError, validation_message
-from stages.serve.streaming import StreamCancelled, cancellable_stream
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,8 @@ async def sse_events(app: Any, assistant: Any, batcher: Batcher, conversation: l
 
     def produce() -> None:
         try:
-            for item in cancellable_stream(assistant, conversation, closed_book=chat.closed_book, k=chat.k,
-                                           options=options, cancel=cancel):
+            for item in trimmed(cancellable_stream(assistant, conversation, closed_book=chat.closed_book,
+                                                   k=chat.k, options=options, cancel=cancel)):
                 loop.call_soon_threadsafe(queue.put_nowait, item)
         except StreamCancelled:
             app.state.streams_cancelled += 1

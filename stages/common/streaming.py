@@ -1,4 +1,4 @@
-"""A token stream from the inference core that stops generating when its client goes away.
+"""A token stream from the inference core that stops generating when its reader goes away (serve, chat, app).
 
 `Assistant.stream` cannot be told to stop: a client that disconnects would leave `generate` running to
 max_tokens while holding the model. This runs the same steps as `Assistant.stream` (same retrieval, prompt,
@@ -76,3 +76,28 @@ def cancellable_stream(assistant: Any, conversation: list[dict[str, str]], *, cl
     text, n_in, n_out, finish = assistant._decode(encoded, result["out"], options)[0]
     yield Answer(text=text, sources=list(sources), closed_book=closed_book, prompt_tokens=n_in,
                  completion_tokens=n_out, finish_reason=finish)
+
+
+def trimmed(stream: Iterator[str | Answer]) -> Iterator[str | Answer]:
+    """The deltas without leading and trailing whitespace, so the streamed text is exactly the final
+    `Answer.text` (which the core strips); closing this closes (and cancels) the inner stream."""
+    started, pending = False, ""
+    try:
+        for item in stream:
+            if isinstance(item, Answer):
+                yield item
+                continue
+            if not started:
+                item = item.lstrip()
+                if not item:
+                    continue
+                started = True
+            text = pending + item
+            body = text.rstrip()
+            pending = text[len(body):]
+            if body:
+                yield body
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
