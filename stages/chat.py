@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--once", metavar="QUESTION", help="answer one question and exit ('-' reads it from stdin)")
     parser.add_argument("--closed-book", action="store_true", help="start with retrieval off")
     parser.add_argument("--max-tokens", type=int, default=0, help="answer length cap (default: params inference)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (reproducible answers)")
     parser.add_argument("--base", default="models/base", help="base model dir")
     parser.add_argument("--adapter", default="models/adapter", help="LoRA adapter dir")
     parser.add_argument("--index", default="data/index", help="retrieval index dir (missing = closed-book)")
@@ -126,15 +128,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         question = sys.stdin.read() if args.once == "-" else args.once
         if not question.strip():
             raise StageError("--once needs a non-empty question")
-    if args.max_tokens < 0:
-        raise StageError("--max-tokens must be positive")
+    if args.max_tokens < 0 or not 0 <= args.temperature <= 2:
+        raise StageError("--max-tokens must be positive and --temperature in [0, 2]")
     from dataclasses import replace
 
     from stages.common.inference import Assistant
 
     assistant = Assistant.from_params(args.params, base_dir=args.base, adapter_dir=args.adapter,
                                       index_dir=args.index, use_adapter=not args.base_only)
-    options = assistant.default_options()
+    options = replace(assistant.default_options(), temperature=args.temperature, seed=args.seed)
     if args.max_tokens:
         options = replace(options, max_new_tokens=args.max_tokens)
     session = ChatSession(assistant, sys.stdout, closed_book=args.closed_book, options=options)

@@ -17,6 +17,13 @@ from stages.common.inference import format_sources
 from tests.serve_helpers import tiny_assistant, tiny_index
 
 QUESTION = "What is a Pod in Kubernetes?"
+SAMPLING = ["--temperature", "1", "--seed", "7"]  # the random tiny model's greedy answers are blank lines
+
+
+def sampled(assistant: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(assistant.default_options(), temperature=1.0, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +47,12 @@ def run_chat(setup: dict[str, Any], model_dir: Path, args: list[str], stdin: str
 
 
 def test_once_prints_the_cores_answer_with_sources(setup: dict[str, Any], tiny_model_dir: Path) -> None:
-    reference = setup["assistant"].answer(QUESTION)
-    assert reference.sources
-    done = run_chat(setup, tiny_model_dir, ["--once", QUESTION], "")
+    reference = setup["assistant"].answer(QUESTION, options=sampled(setup["assistant"]))
+    assert reference.sources and len(reference.text) > 5
+    done = run_chat(setup, tiny_model_dir, ["--once", QUESTION, *SAMPLING], "")
     assert done.returncode == 0, done.stderr
     assert done.stdout == reference.text + format_sources(reference.sources) + "\n"
-    from_stdin = run_chat(setup, tiny_model_dir, ["--once", "-"], QUESTION + "\n")
+    from_stdin = run_chat(setup, tiny_model_dir, ["--once", "-", *SAMPLING], QUESTION + "\n")
     assert from_stdin.stdout == done.stdout
     empty = run_chat(setup, tiny_model_dir, ["--once", "-"], "  \n")
     assert empty.returncode == 1 and "non-empty question" in empty.stderr
@@ -66,12 +73,14 @@ def test_repl_commands_through_stdin(setup: dict[str, Any], tiny_model_dir: Path
 def test_session_history_and_reset(setup: dict[str, Any]) -> None:
     assistant = setup["assistant"]
     out = io.StringIO()
-    session = ChatSession(assistant, out)
+    options = sampled(assistant)
+    session = ChatSession(assistant, out, options=options)
     repl(session, io.StringIO(f"{QUESTION}\nAnd what about Helm charts?\n"), interactive=False)
     assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
-    first = assistant.answer(QUESTION)
+    first = assistant.answer(QUESTION, options=options)
     second = assistant.answer([{"role": "user", "content": QUESTION}, {"role": "assistant", "content": first.text},
-                               {"role": "user", "content": "And what about Helm charts?"}])
+                               {"role": "user", "content": "And what about Helm charts?"}], options=options)
+    assert first.text and second.text and session.history[1]["content"] == first.text
     assert out.getvalue() == (first.text + format_sources(first.sources) + "\n"
                               + second.text + format_sources(second.sources) + "\n")
     assert [s.chunk_id for s in session.last_sources] == [s.chunk_id for s in second.sources]
