@@ -375,7 +375,7 @@ def to_chat_record(pair: dict[str, Any], system_prompt: str) -> dict[str, Any]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages += [{"role": "user", "content": pair["question"]}, {"role": "assistant", "content": pair["answer"]}]
     return {"messages": messages, **{k: pair[k] for k in
-                                     ("qa_id", "project", "source", "generator", "doc_id", "url", "license")}}
+                                     ("qa_id", "project", "source", "generator", "doc_id", "chunk_id", "url", "license")}}
 
 
 # ------------------------------------------------------------------------------------------------ card

@@ -26,6 +26,7 @@ class McqItem:
     options: list[tuple[str, str]]  # (option id, text), in the shuffled order the model is scored in
     answer: str  # the correct option id
     project: str
+    source: str = ""  # `checked_against`: the document that answers it, <owner>__<repo>/<path>
 
 
 def parse_options(raw: Any) -> list[tuple[str, str]]:
@@ -50,7 +51,8 @@ def parse_item(record: dict[str, Any], seed: int) -> McqItem:
     if answer not in {oid for oid, _ in options}:
         raise ValueError(f"answer {answer!r} is not one of the option ids")
     random.Random(f"{seed}:{item_id}").shuffle(options)
-    return McqItem(item_id, question, options, answer, str(record.get("project") or "unknown"))
+    return McqItem(item_id, question, options, answer, str(record.get("project") or "unknown"),
+                   str(record.get("checked_against") or ""))
 
 
 def choose(logprobs: Sequence[float], n_tokens: Sequence[int], options: Sequence[str], norm: str) -> int:
