@@ -75,26 +75,12 @@ def running_server(app: Any) -> Iterator[str]:
 
 
 def tiny_index(out_dir: Path, chunks: list[dict[str, Any]] = CHUNKS) -> Path:
-    """The tiny retrieval index of tests/fakes/tiny_index.py when the core ships it, else the same layout here
-    (chunks.jsonl, bm25/, embeddings.npy, meta.json) with a BM25 index; these tests retrieve in bm25 mode."""
-    try:
-        from tests.fakes.tiny_index import build_tiny_index
-    except ImportError:
-        build_tiny_index = None
-    if build_tiny_index is not None:
-        return Path(build_tiny_index(out_dir, chunks))
-    import bm25s
-    import numpy as np
+    """A real retrieval index (the index stage's code, tests/fakes/tiny_index.py) over `chunks`."""
+    from tests.fakes.tiny_index import build_tiny_index, make_chunk
 
-    from stages.common.jsonl import write_json, write_jsonl
-    from stages.common.retrieval import bm25_tokenize, search_text
-
-    index = out_dir / "index"
-    index.mkdir(parents=True, exist_ok=True)
-    write_jsonl(index / "chunks.jsonl", chunks)
-    np.save(index / "embeddings.npy", np.zeros((len(chunks), 8), dtype=np.float16))
-    bm25 = bm25s.BM25()
-    bm25.index(bm25_tokenize([search_text(c) for c in chunks]), show_progress=False)
-    bm25.save(str(index / "bm25"))
-    write_json(index / "meta.json", {"query": {"project_filter": "off"}})
-    return index
+    records = []
+    for i, c in enumerate(chunks):
+        record = make_chunk(i, c["project"], c["title"], c["text"], doc=c["doc_id"])
+        record.update({k: c[k] for k in ("chunk_id", "url", "path", "license", "heading_path")})
+        records.append(record)
+    return Path(build_tiny_index(out_dir, records))
