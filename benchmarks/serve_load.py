@@ -99,7 +99,7 @@ def measure(assistant: Any, *, batching: bool, clients: int, seconds: float, max
     }
 
 
-def load_assistant(which: str, params: str) -> tuple[Any, str]:
+def load_assistant(which: str, args: argparse.Namespace) -> tuple[Any, str]:
     if which == "tiny":
         from tests.fakes.tiny_model import build_tiny_model
         from tests.serve_helpers import tiny_assistant, tiny_index
@@ -109,8 +109,10 @@ def load_assistant(which: str, params: str) -> tuple[Any, str]:
         return tiny_assistant(model_dir, tiny_index(tmp)), "tiny random Llama (2 layers, hidden 64) + 3-chunk index"
     from stages.common.inference import Assistant
 
-    assistant = Assistant.from_params(params)
-    return assistant, f"models/base + models/adapter ({assistant.versions})"
+    assistant = Assistant.from_params(args.params, base_dir=args.base, adapter_dir=args.adapter, index_dir=args.index,
+                                      use_adapter=not args.base_only)
+    index = "no index (closed-book)" if assistant.retriever is None else f"{len(assistant.retriever.chunks)}-chunk index"
+    return assistant, f"{args.base}{'' if args.base_only else ' + ' + args.adapter} + {index}"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "real"), default="tiny")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--base", default="models/base", help="with --model real")
+    parser.add_argument("--adapter", default="models/adapter", help="with --model real")
+    parser.add_argument("--index", default="data/index", help="with --model real (missing = closed-book)")
+    parser.add_argument("--base-only", action="store_true", help="with --model real: no adapter")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration per mode")
     parser.add_argument("--max-tokens", type=int, default=32)
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from stages.common.modeling import setup_cpu_threads
 
-    assistant, what = load_assistant(args.model, args.params)
+    assistant, what = load_assistant(args.model, args)
     setup_cpu_threads(args.threads or None)
     rows = [measure(assistant, batching=b, clients=args.clients, seconds=args.seconds, max_tokens=args.max_tokens)
             for b in (False, True)]
