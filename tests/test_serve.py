@@ -208,3 +208,46 @@ def test_api_key_is_required_and_never_logged(assistant: Any, capfd: pytest.Capt
         assert r.usage.completion_tokens > 0
     out = capfd.readouterr()
     assert secret not in out.out + out.err
+
+
+def test_cli_serves_and_refuses_bad_flags(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`python -m stages.serve` as a user runs it: loads through Assistant.from_params, answers, stops on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.serve_helpers import free_port
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"merge": {"system_prompt": "You are a CNCF expert."},
+                                      "train": {"quantization": "none"},
+                                      "inference": {"k": 2, "max_new_tokens": 8, "retrieval_mode": "bm25"}}))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CNCF_LLM_API_KEY": "sk-cli-secret"}
+    bad = subprocess.run([sys.executable, "-m", "stages.serve", "--max-batch", "0"], capture_output=True, text=True,
+                         cwd=root, env=env, timeout=120)
+    assert bad.returncode == 1 and "--max-batch" in bad.stderr
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "stages.serve", "--params", str(params), "--base",
+                               str(tiny_model_dir), "--base-only", "--index", str(tiny_index(tmp_path)), "--port",
+                               str(port)], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.3)
+        reply = client(f"http://127.0.0.1:{port}", api_key="sk-cli-secret").chat.completions.create(
+            model="cncf-llm", messages=[{"role": "user", "content": QUESTION}], max_tokens=8)
+        assert reply.model_extra["sources"][0]["chunk_id"] == "k8s-pod"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "sk-cli-secret" not in output and "API key required" in output

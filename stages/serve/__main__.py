@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                          max_tokens_limit=args.max_tokens_limit)
     app = create_app(assistant, config)
     log.info("serving %s on http://%s:%d/v1 (batch %d, queue %d, API key %s)", assistant.name, args.host,
-             args.port, args.max_batch, args.max_queue, "required" if app.state.api_key_required else "off")
+             args.port, args.max_batch, args.max_queue, "required" if app.state.api_key_required else "not required")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False)
 
 
