@@ -66,6 +66,11 @@ def create_app(assistant: Any, config: ServeConfig = ServeConfig(), api_key: str
     async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed: %s", type(exc).__name__)
+        return JSONResponse(ServeError(500, f"internal error ({type(exc).__name__})").body(), 500)
+
     @app.exception_handler(404)
     async def _not_found(request: Request, _exc: Exception) -> JSONResponse:
         return JSONResponse(ServeError(404, f"no route {request.method} {request.url.path}").body(), 404)
