@@ -289,20 +289,13 @@ def score_qa_set(eval_set: EvalSet, answers: dict[str, list[str]], scores: dict[
 def run_mcq_arm(assistant: Any, items: Sequence[Any], sources: Sequence[Sequence[Any]], arm: str, system: str | None,
                 params: dict[str, Any], set_name: str) -> list[dict[str, int]]:
     """Correctness per item: option log-likelihood after the same prompt the arm answers open questions with."""
-    from stages.eval.mcq import item_correct
-    from stages.eval.perplexity import continuation_sequence, masked_logprobs
+    from stages.eval.mcq import score_items_shared_prefix
 
-    sequences, spans = [], []
-    for item, src in zip(items, sources, strict=True):
-        prompt = assistant.build_prompt(conversation(item.question, system), src if is_rag(arm) else None)
-        start = len(sequences)
-        sequences.extend(continuation_sequence(assistant.tokenizer, prompt, text) for _, text in item.options)
-        spans.append((start, len(sequences)))
+    prompts = [assistant.build_prompt(conversation(item.question, system), src if is_rag(arm) else None)
+               for item, src in zip(items, sources, strict=True)]
     with _arm_context(assistant, arm):
-        scores = masked_logprobs(assistant.model, sequences, pad_id=assistant.tokenizer.pad_token_id,
-                                 batch_size=int(params["batch_size"]), max_tokens=int(params.get("max_length", 1024)),
-                                 desc=f"{set_name} {arm}")
-    return [item_correct(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
+        return score_items_shared_prefix(assistant.model, assistant.tokenizer, prompts, items,
+                                         max_tokens=int(params.get("max_length", 1024)), desc=f"{set_name} {arm}")
 
 
 def score_mcq_set(eval_set: EvalSet, correct: dict[str, list[dict[str, int]]], sources: Sequence[Sequence[Any]],

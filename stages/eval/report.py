@@ -12,7 +12,7 @@ from stages.common.jsonl import atomic_write
 
 log = logging.getLogger(__name__)
 
-PLOT_METRICS = ("rouge_l", "bleu", "chrf", "perplexity", "accuracy")
+PLOT_METRICS = ("rouge_l", "chrf", "perplexity", "faithfulness", "citation_accuracy", "accuracy")
 MAX_PROJECTS_PLOTTED = 30
 N_EXAMPLES = 5
 SNIPPET_CHARS = 400
@@ -100,6 +100,19 @@ def plot_per_project(per_project: dict[str, Any], set_name: str, path: Path) -> 
     ax.set_title(f"{set_name}: ROUGE-L per project")
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def write_plots(report: dict[str, Any], plots_dir: Path) -> list[Path]:
+    """Every plot the report links to; stale PNGs from an earlier run with other sets are removed."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for old in plots_dir.glob("*.png"):
+        old.unlink()
+    sets = report["sets"]
+    written = [plot_metric(sets, m, plots_dir / f"{m}.png") for m in PLOT_METRICS]
+    for name, result in sets.items():
+        if result.get("per_project"):
+            written.append(plot_per_project(result["per_project"], name, plots_dir / f"per_project_rouge_l_{name}.png"))
+    return [p for p in written if p is not None]
 
 
 # ---------------------------------------------------------------- report.md
