@@ -1,7 +1,7 @@
 """A real headless Chromium (Debian's `chromium`) driven over the Chrome DevTools Protocol (websocket-client).
 
-Tests that need a browser call `HeadlessChromium.start(tmp_dir)`; a missing or broken Chromium fails the test
-with the install hint (CI installs it in .ci/run), never a silent skip.
+Tests that need a browser call `HeadlessChromium.start(tmp_dir)`; a missing or broken Chromium raises
+BrowserError with the install hint (CI installs it in .ci/run): the test fails, it is never skipped.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.serve_helpers import free_port
+
+
+class BrowserError(RuntimeError):
+    """Chromium is missing or did not start."""
 
 
 class HeadlessChromium:
@@ -32,7 +35,7 @@ class HeadlessChromium:
 
         binary = shutil.which("chromium") or shutil.which("chromium-browser")
         if binary is None:
-            pytest.fail("chromium not found: apt-get install -y chromium (.ci/run does this)")
+            raise BrowserError("chromium not found: apt-get install -y chromium (.ci/run does this)")
         port = free_port()
         log = (work_dir / "chromium.log").open("wb")
         process = subprocess.Popen(
@@ -50,7 +53,7 @@ class HeadlessChromium:
                 if process.poll() is not None or time.monotonic() > deadline:
                     process.kill()
                     tail = (work_dir / "chromium.log").read_text(errors="replace")[-800:]
-                    pytest.fail(f"chromium did not start ({exc}); log tail:\n{tail}")
+                    raise BrowserError(f"chromium did not start ({exc}); log tail:\n{tail}") from None
                 time.sleep(0.2)
         ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=timeout)
         return cls(process, ws)
