@@ -159,13 +159,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _number(value: Any) -> float | None:
+    """A metric value: a number, or the `mean` of a {mean, ci95} summary."""
+    if isinstance(value, dict):
+        value = value.get("mean")
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def arm_values(value: Any) -> dict[str, Any] | None:
     """{arm: number} from one metric entry of eval.json (named arms, or the older base/tuned pair)."""
     if not isinstance(value, dict):
         return None
-    out = {arm: value[arm] for arm in ARMS if isinstance(value.get(arm), int | float)}
+    out = {arm: _number(value.get(arm)) for arm in ARMS if _number(value.get(arm)) is not None}
     if not out:
-        out = {arm: value[old] for old, arm in LEGACY_ARMS.items() if isinstance(value.get(old), int | float)}
+        out = {arm: _number(value.get(old)) for old, arm in LEGACY_ARMS.items() if _number(value.get(old)) is not None}
     return out or None
 
 

@@ -35,6 +35,11 @@ EVAL = {"sets": {
                     "retrieval_only": 0.31},
         "perplexity": {"base": 14.8, "tuned": 10.2, "delta": -4.6}},
         "contamination": {"n": 100, "n_contaminated": 0, "share": 0.0, "ngram": 13}},
+    "cncf-qa": {"n": 32, "format": "qa", "arms": {  # the four-arm layout stages.eval writes
+        "base_closed": {"rouge_l": {"mean": 0.075, "ci95": [0.06, 0.09]}, "perplexity": None},
+        "tuned_closed": {"rouge_l": {"mean": 0.081, "ci95": [0.07, 0.09]}},
+        "tuned_rag": {"rouge_l": {"mean": 0.07, "ci95": [0.06, 0.08]}, "citation_precision": 0.5},
+        "retrieval_only": {"rouge_l": {"mean": 0.12, "ci95": [0.1, 0.14]}}}},
 }}
 
 
@@ -115,6 +120,8 @@ def test_publish_uploads_exactly_the_plan(project: Path, hub, monkeypatch: pytes
     row = next(line for line in model_card.splitlines() if line.startswith("| merge-test | rouge_l"))
     assert row == "| merge-test | rouge_l | 100 | 0.11 | 0.19 | 0.21 | 0.24 | 0.31 |"
     assert "| merge-test | perplexity | 100 | 14.8 | 10.2 | – | – | – |" in model_card  # older base/tuned layout
+    assert "| cncf-qa | rouge_l | 32 | 0.075 | 0.081 | – | 0.07 | 0.12 |" in model_card  # tuned_rag loses: shown
+    assert "| cncf-qa | citation_precision | 32 | – | – | – | 0.5 | – |" in model_card
     assert "| CC-BY-4.0 | 2 |" in model_card and "| MIT | 1 |" in model_card
     assert "learning_rate: 0.001" in model_card and "| merge-test | 100 | 0 | 0 | 13 |" in model_card
     out = capfd.readouterr()
