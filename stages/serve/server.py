@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
-from stages.common.inference import Answer, GenerationOptions, format_sources
-from stages.common.streaming import StreamCancelled, cancellable_stream, trimmed
+from stages.common.inference import Answer, GenerationOptions, StreamCancelled, format_sources
+from stages.common.streaming import cancellable_stream, trimmed
 from stages.serve.batcher import Batcher, BatchKey
 from stages.serve.schema import ChatRequest, ServeError, validation_message
 
