@@ -15,7 +15,6 @@ import hashlib
 import html
 import json
 import logging
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import atomic_write, iter_jsonl_lenient, read_jsonl, stable_id, write_jsonl
+from stages.common.jsonl import atomic_write, iter_jsonl_lenient, stable_id, write_jsonl
 from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
@@ -365,7 +364,7 @@ def to_chat_record(pair: dict[str, Any], system_prompt: str) -> dict[str, Any]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages += [{"role": "user", "content": pair["question"]}, {"role": "assistant", "content": pair["answer"]}]
     return {"messages": messages, **{k: pair[k] for k in
-                                     ("qa_id", "project", "source", "generator", "doc_id", "url", "license")}}
+                                     ("qa_id", "project", "source", "generator", "doc_id", "chunk_id", "url", "license")}}
 
 
 # ------------------------------------------------------------------------------------------------ card
@@ -504,33 +503,6 @@ def _licence_section(records: list[dict[str, Any]], repos: dict[str, dict[str, A
     return text
 
 
-# ------------------------------------------------------------------------------------------ hub upload
-def push_to_hub(out_dir: Path, repo_id: str) -> None:
-    """Upload the three splits (datasets.DatasetDict.push_to_hub), then our card over the generated one."""
-    if not repo_id:
-        raise StageError("merge.push_to_hub is true but merge.hub_repo is empty (e.g. your-org/cncf-qa)")
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise StageError("merge.push_to_hub is true but HF_TOKEN is not set in the environment")
-    try:
-        from datasets import Dataset, DatasetDict
-        from datasets import config as datasets_config
-        from huggingface_hub import HfApi
-
-        # from_list keeps it in memory: no Arrow cache files left behind under ~/.cache.
-        rows = {s: list(read_jsonl(out_dir / f"{s}.jsonl")) for s in SPLITS}
-        data = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items() if r})
-        data.push_to_hub(repo_id, token=token)
-        api = HfApi(endpoint=datasets_config.HF_ENDPOINT, token=token)
-        api.upload_file(path_or_fileobj=str(out_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
-                        repo_type="dataset")
-    except Exception as exc:  # network, auth and Hub errors all end the same way: one line, no token
-        first = str(exc).strip().splitlines()[0].replace(token, "***") if str(exc).strip() else ""
-        raise StageError(f"push to the Hugging Face Hub ({repo_id}) failed: {type(exc).__name__}: {first[:200]}; "
-                         "data/merge is written; rerun with -S merge.push_to_hub=false or upload later") from None
-    log.info("pushed data/merge to https://huggingface.co/datasets/%s", repo_id)
-
-
 # ------------------------------------------------------------------------------------------------- run
 def _metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
@@ -591,8 +563,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)
     metrics.write()
     log.info("merge: train %d, validation %d, test %d -> %s", *(len(splits[s]) for s in SPLITS), OUT_DIR)
-    if cfg.push_to_hub:
-        push_to_hub(OUT_DIR, cfg.hub_repo)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class TrainPaths:
     adapter_dir: Path = Path("models/adapter")
     checkpoint_dir: Path = Path("models/checkpoints")
     merged_dir: Path = Path("models/merged")
+    index_dir: Path = Path("data/index")
     metrics_path: Path = Path("metrics/train.json")
     live_dir: Path = Path("metrics/train_live")
 
@@ -126,7 +127,8 @@ def load_chat_split(path: Path, metrics: StageMetrics, split: str) -> list[dict[
             log.warning("%s line %d: skipped (%s)", path, n, problem)
             metrics.inc(f"dropped.{split}.{problem.split(':')[0].replace(' ', '_')}")
             continue
-        kept.append({"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]})
+        kept.append({"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]],
+                     **{k: str(record.get(k) or "") for k in ("qa_id", "doc_id", "chunk_id")}})
     metrics.inc(f"out.{split}", len(kept))
     return kept
 
@@ -383,7 +385,40 @@ def resolved_config(params: dict[str, Any], config: Any, peft_config: Any, n_tra
 
 
 # --------------------------------------------------------------------------------------------------- main flow
-def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+def with_context(train_records: list[dict[str, Any]], val_records: list[dict[str, Any]], params: dict[str, Any],
+                 inference: dict[str, Any], paths: TrainPaths, metrics: StageMetrics
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`train.context: rag` turns each pair into a RAFT prompt (stages.common.raft) with the excerpts users will
+    get; validation is built the same way, so eval_loss measures the task being trained. Only `messages` stay."""
+    context = str(params.get("context", "none"))
+    if context not in ("none", "rag"):
+        raise StageError(f"train.context must be none or rag, got {context!r}")
+    if context == "rag":
+        from stages.common.raft import raft_records
+        from stages.common.retrieval import Retriever
+
+        retriever = Retriever.load(paths.index_dir)
+        raft = params.get("raft") or {}
+        for name, records in (("train", train_records), ("validation", val_records)):
+            counts: dict[str, int] = {}
+            built = raft_records(records, retriever, k=int(inference.get("k", 3)),
+                                 excerpt_words=int(inference.get("excerpt_words", 100)),
+                                 p_gold=float(raft.get("p_gold", 0.8)),
+                                 closed_book_fraction=float(raft.get("closed_book_fraction", 0.0)),
+                                 no_gold_target=str(raft.get("no_gold_target", "answer")), seed=int(params["seed"]),
+                                 stats=counts)
+            for key, value in sorted(counts.items()):
+                metrics.inc(f"raft.{name}.{key}", value)
+            if name == "train":
+                train_records = built
+            else:
+                val_records = built
+    strip = [{"messages": r["messages"]} for r in train_records], [{"messages": r["messages"]} for r in val_records]
+    return strip
+
+
+def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: Iterable[Any] = (),
+          inference: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load data and model, train LoRA, evaluate, save adapter + metrics; returns the metrics dict."""
     from datasets import Dataset
     from trl import SFTTrainer
@@ -403,6 +438,7 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
                                int(params.get("max_eval_examples", 0)), seed)
     if not train_records:
         raise StageError(f"{train_path} has no usable chat records (see the warnings above)")
+    train_records, val_records = with_context(train_records, val_records, params, inference or {}, paths, metrics)
     if not val_records:
         log.warning("%s: no validation records; eval_loss will be missing", paths.data_dir / "validation.jsonl")
 
@@ -558,12 +594,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--base-dir", default=str(TrainPaths.base_dir), help="plain HF model dir (models/base)")
     parser.add_argument("--adapter-dir", default=str(TrainPaths.adapter_dir))
     parser.add_argument("--checkpoint-dir", default=str(TrainPaths.checkpoint_dir))
+    parser.add_argument("--index-dir", default=str(TrainPaths.index_dir), help="retrieval index (train.context=rag)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     params = load_params("train", args.params)
+    inference = load_params(None, args.params).get("inference") or {}
     paths = TrainPaths(data_dir=Path(args.data_dir), base_dir=Path(args.base_dir),
-                       adapter_dir=Path(args.adapter_dir), checkpoint_dir=Path(args.checkpoint_dir))
-    train(params, paths)
+                       adapter_dir=Path(args.adapter_dir), checkpoint_dir=Path(args.checkpoint_dir),
+                       index_dir=Path(args.index_dir))
+    train(params, paths, inference=inference)
 
 
 if __name__ == "__main__":

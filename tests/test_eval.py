@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,17 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ti
         _merge_record(100, "Helm", "Explain charts.", f"Simply put, {LEAK}."),
         _merge_record(101, "Kubernetes", "What is a Pod?", "The smallest deployable unit of computing."),
     ])
+    from tests.fakes.tiny_index import build_tiny_index, make_chunk
+
+    chunks = [make_chunk(i, project, question.rstrip("?"), f"{answer} See the reference pages for details.", doc=f"d{i}")
+              for i, (project, question, answer) in enumerate(TEST_ROWS)]
+    chunks.append(make_chunk(9, "CoreDNS", "Corefile", "CoreDNS is configured by a Corefile.", doc="coredns-doc"))
+    index = build_tiny_index(root / "build", chunks)
+    index.rename(root / "data/index")
     write_jsonl(root / "evalsets/qa.jsonl", [
         {"id": "h1", "project": "Helm", "question": "What is a release?", "answer": f"Roughly: {LEAK}."},
-        {"id": "h2", "project": "CoreDNS", "question": "What configures CoreDNS?", "answer": "A Corefile."},
+        {"id": "h2", "project": "CoreDNS", "question": "What configures CoreDNS?", "answer": "A Corefile.",
+         "checked_against": "o__coredns/docs/coredns-doc.md"},
         {"project": "Helm", "question": ""},  # invalid: skipped with a warning
     ])
     return root
@@ -154,7 +163,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ti
 def _paths(root: Path, out: str, base: Path, adapter: Path) -> Any:
     from stages.eval.pipeline import EvalPaths
 
-    return EvalPaths(base_dir=base, adapter_dir=adapter, train=root / "data/merge/train.jsonl",
+    return EvalPaths(base_dir=base, adapter_dir=adapter, index_dir=root / "data/index", train=root / "data/merge/train.jsonl",
                      test=root / "data/merge/test.jsonl", metrics=root / out / "metrics/eval.json",
                      predictions=root / out / "data/eval/predictions.jsonl", report=root / out / "metrics/report.md",
                      plots_dir=root / out / "metrics/eval_plots")
@@ -175,28 +184,64 @@ def eval_run(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path) -> dict[
     return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), _params(workspace))
 
 
-def test_end_to_end_metrics_finite_and_tuned_differs(eval_run: dict[str, Any], workspace: Path) -> None:
+ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
+
+
+def test_end_to_end_metrics_finite_and_arms_differ(eval_run: dict[str, Any], workspace: Path) -> None:
     sets = eval_run["sets"]
     assert list(sets) == ["merge-test", "cncf-qa", "cncf-mcq"]  # the absent set is skipped, not fatal
     assert sets["merge-test"]["n"] == 4  # max_examples subset of 5
     assert sets["cncf-qa"]["n"] == 2
     assert eval_run["run"]["errors"]["missing_set"]["absent"] == 1
     for name in ("merge-test", "cncf-qa"):
-        m = sets[name]["metrics"]
-        for metric in ("rouge_l", "bleu", "chrf", "perplexity", "answer_words_mean", "repeated_4gram_share"):
-            for side in ("base", "tuned", "delta"):
-                assert math.isfinite(m[metric][side]), (name, metric, side)
-        assert m["perplexity"]["base"] > 1 and m["perplexity"]["tuned"] != m["perplexity"]["base"]
-        lo, hi = m["rouge_l"]["ci95"]["tuned"]
-        assert lo <= m["rouge_l"]["tuned"] <= hi
+        arms = sets[name]["arms"]
+        assert list(arms) == [*ARMS, "retrieval_only"]
+        for arm in ARMS:
+            for metric in ("bleu", "chrf", "perplexity", "answer_words_mean", "repeated_4gram_share"):
+                assert math.isfinite(arms[arm][metric]), (name, arm, metric)
+            lo, hi = arms[arm]["rouge_l"]["ci95"]
+            assert lo <= arms[arm]["rouge_l"]["mean"] <= hi
+            assert arms[arm]["perplexity"] > 1
+        assert len({arms[arm]["perplexity"] for arm in ARMS}) == 4  # adapter and excerpts both change the scores
+        for arm in ("base_rag", "tuned_rag"):
+            assert 0.0 <= arms[arm]["citation_rate"] <= 1.0 and "abstain_when_missed" in arms[arm]
+        assert "faithfulness" not in arms["base_closed"]
+        assert set(sets[name]["deltas"]) >= {"tuned_rag-vs-base_closed", "tuned_rag-vs-tuned_closed",
+                                             "tuned_rag-vs-retrieval_only"}
+    # the source document of every merge-test item is in the tiny index and retrieval finds it
+    assert sets["merge-test"]["arms"]["tuned_rag"]["source_retrieved"] == 1.0
+    assert sets["cncf-qa"]["arms"]["tuned_rag"]["source_retrieved"] == 1.0  # h2 via checked_against
+    # retrieval_only copies the top excerpt: the answers are in the chunks, so it scores high
+    assert sets["merge-test"]["arms"]["retrieval_only"]["rouge_l"]["mean"] > 0.5
     mcq = sets["cncf-mcq"]
     assert mcq["n"] == 4 and mcq["chance"] == pytest.approx(0.25)
-    for key in ("accuracy", "accuracy_token_norm", "accuracy_char_norm"):
-        assert 0.0 <= mcq["metrics"][key]["base"] <= 1.0
+    for arm in ARMS:
+        for key in ("accuracy_token_norm", "accuracy_char_norm"):
+            assert 0.0 <= mcq["arms"][arm][key] <= 1.0
+        assert 0.0 <= mcq["arms"][arm]["accuracy"]["mean"] <= 1.0
     preds = list(read_jsonl(workspace / "run1/data/eval/predictions.jsonl"))
     assert [(p["set"], p["qa_id"]) for p in preds] == sorted((p["set"], p["qa_id"]) for p in preds)
     assert len(preds) == 6
-    assert any(p["base"] != p["tuned"] for p in preds), "the adapter must change the greedy answers"
+    assert any(p["base_closed"] != p["tuned_closed"] for p in preds), "the adapter must change the greedy answers"
+    assert all(p["sources"] and p["sources"][0]["n"] == 1 for p in preds)
+
+
+def test_eval_answers_are_what_the_inference_core_gives(eval_run: dict[str, Any], workspace: Path,
+                                                       tiny_model_dir: Path, tiny_adapter: Path) -> None:
+    """What is evaluated is what users get: the same question through Assistant.answer gives the same text."""
+    from stages.common.inference import GenerationOptions
+    from stages.eval.pipeline import load_assistant
+
+    params = _params(workspace)
+    assistant, _ = load_assistant(_paths(workspace, "x", tiny_model_dir, tiny_adapter), params,
+                                  {"merge": {"system_prompt": SYSTEM}})
+    pred = next(p for p in read_jsonl(workspace / "run1/data/eval/predictions.jsonl") if p["set"] == "merge-test")
+    options = GenerationOptions(max_new_tokens=params["max_new_tokens"], repetition_penalty=1.2)
+    conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": pred["question"]}]
+    assert assistant.answer(conversation, options=options).text == pred["tuned_rag"]
+    assert assistant.answer(conversation, closed_book=True, options=options).text == pred["tuned_closed"]
+    with assistant.base_only():
+        assert assistant.answer(conversation, options=options).text == pred["base_rag"]
 
 
 def test_contamination_and_per_project(eval_run: dict[str, Any]) -> None:
@@ -206,7 +251,7 @@ def test_contamination_and_per_project(eval_run: dict[str, Any]) -> None:
     per_project = sets["merge-test"]["per_project"]
     assert sum(row["n"] for row in per_project.values()) == 4
     for row in per_project.values():
-        assert math.isfinite(row["rouge_l"]["tuned"]) and row["perplexity"]["base"] > 1
+        assert set(row["rouge_l"]) == {*ARMS, "retrieval_only"}
 
 
 def test_report_and_plots(eval_run: dict[str, Any], workspace: Path) -> None:
@@ -214,7 +259,8 @@ def test_report_and_plots(eval_run: dict[str, Any], workspace: Path) -> None:
     report = (out / "metrics/report.md").read_text(encoding="utf-8")
     for name in ("merge-test", "cncf-qa", "cncf-mcq"):
         assert f"## {name}" in report
-    assert "Contamination:" in report and "95 % CI" in report and "Example predictions" in report
+    assert "Contamination:" in report and "95 % CI" in report and "Example answers" in report
+    assert "tuned_rag-vs-base_closed" in report and "retrieval_only" in report
     pngs = sorted((out / "metrics/eval_plots").glob("*.png"))
     assert {p.name for p in pngs} >= {"rouge_l.png", "perplexity.png", "accuracy.png",
                                       "per_project_rouge_l_merge-test.png"}
@@ -226,7 +272,7 @@ def test_report_and_plots(eval_run: dict[str, Any], workspace: Path) -> None:
         assert f"eval_plots/{png.name}" in report
     saved = read_json(out / "metrics/eval.json")
     assert json.dumps(saved, allow_nan=False)  # strict JSON: no NaN
-    assert saved["sets"]["merge-test"]["metrics"]["rouge_l"]["ci95"]["delta"][0] is not None
+    assert saved["sets"]["merge-test"]["deltas"]["tuned_rag-vs-base_closed"]["rouge_l"]["ci95"][0] is not None
 
 
 def test_rerun_is_byte_identical(eval_run: dict[str, Any], workspace: Path, tiny_model_dir: Path,
@@ -273,18 +319,38 @@ def test_cli_missing_inputs_is_one_line_error(tmp_path: Path, monkeypatch: pytes
     assert run_cli(main, ["--params", "params.yaml"]) == 1
 
 
-def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_dir: Path,
-                                                      tiny_adapter: Path) -> None:
+def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_dir: Path, tiny_adapter: Path,
+                                                      workspace: Path) -> None:
     from stages.eval.pipeline import run_eval
 
     test = tmp_path / "data/merge/test.jsonl"
     test.parent.mkdir(parents=True)
+    shutil.copytree(workspace / "data/index", tmp_path / "data/index")
     test.write_text('{"qa_id": "x", "messages": [{"role": "user", "content": "q?"}]}\n{not json\n', encoding="utf-8")
     params = {**_params(tmp_path), "sets": []}
     report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params)
     assert report["sets"]["merge-test"]["n"] == 0
     assert report["run"]["dropped"]["merge-test"] == {"bad_json": 1, "invalid": 1}
     saved = json.loads((tmp_path / "out/metrics/eval.json").read_text(encoding="utf-8"))
-    assert saved["sets"]["merge-test"]["metrics"]["rouge_l"]["base"] is None  # NaN written as null
+    assert saved["sets"]["merge-test"]["arms"]["base_closed"]["rouge_l"]["mean"] is None  # NaN written as null
     assert (tmp_path / "out/metrics/report.md").is_file()
     assert (tmp_path / "out/data/eval/predictions.jsonl").read_text(encoding="utf-8") == ""
+
+
+def test_shared_prefix_option_scores_equal_separate_passes(tiny_model_dir: Path) -> None:
+    """Reading the prompt once (KV cache) must give the same option scores as scoring each option separately."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stages.eval.mcq import score_continuations
+    from stages.eval.perplexity import continuation_sequence, masked_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompt = "<|im_start|>user\nWhich port does etcd use for clients?<|im_end|>\n<|im_start|>assistant\n"
+    options = ["2379", "port 2380 for peers", "8080"]
+    separate = masked_logprobs(model, [continuation_sequence(tok, prompt, o) for o in options],
+                               pad_id=tok.pad_token_id, batch_size=3)
+    shared = score_continuations(model, tok(prompt, add_special_tokens=False)["input_ids"],
+                                 [tok(o, add_special_tokens=False)["input_ids"] for o in options])
+    for (a, n), (b, m) in zip(separate, shared, strict=True):
+        assert n == m and a == pytest.approx(b, rel=1e-4, abs=1e-4)

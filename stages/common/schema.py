@@ -208,14 +208,6 @@ class MergeParams(StageParams):
     decontam_min_words: PositiveInt
     decontaminate_heldout: bool
     source_priority: Annotated[list[Literal["docs", "stackoverflow"]], Field(min_length=1)]
-    push_to_hub: bool
-    hub_repo: str
-
-    @model_validator(mode="after")
-    def _hub_needs_a_repo(self) -> MergeParams:
-        _require(not self.push_to_hub or "/" in self.hub_repo, "hub_repo",
-                 f"merge.hub_repo: {self.hub_repo!r} — must be <owner>/<name> when merge.push_to_hub is true")
-        return self
 
 
 # ------------------------------------------------------------------------------------------ loader

@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("eval", args.params)
+    all_params = load_params(None, args.params)
+    params = all_params["eval"]
     stats = StageMetrics("eval")
     paths = EvalPaths()
-    run_eval(paths, params, stats)
+    run_eval(paths, params, stats, all_params)
     log.info("wrote %s, %s, %s in %.1fs", paths.metrics, paths.predictions, paths.report, stats.elapsed)
 
 

@@ -26,6 +26,7 @@ class McqItem:
     options: list[tuple[str, str]]  # (option id, text), in the shuffled order the model is scored in
     answer: str  # the correct option id
     project: str
+    source: str = ""  # `checked_against`: the document that answers it, <owner>__<repo>/<path>
 
 
 def parse_options(raw: Any) -> list[tuple[str, str]]:
@@ -50,7 +51,8 @@ def parse_item(record: dict[str, Any], seed: int) -> McqItem:
     if answer not in {oid for oid, _ in options}:
         raise ValueError(f"answer {answer!r} is not one of the option ids")
     random.Random(f"{seed}:{item_id}").shuffle(options)
-    return McqItem(item_id, question, options, answer, str(record.get("project") or "unknown"))
+    return McqItem(item_id, question, options, answer, str(record.get("project") or "unknown"),
+                   str(record.get("checked_against") or ""))
 
 
 def choose(logprobs: Sequence[float], n_tokens: Sequence[int], options: Sequence[str], norm: str) -> int:
@@ -91,3 +93,51 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[McqItem], system: st
     scores = masked_logprobs(model, sequences, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
                              max_tokens=max_tokens, desc=desc)
     return [item_correct(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
+
+
+def score_continuations(model: Any, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]],
+                        max_tokens: int = 0) -> list[tuple[float, int]]:
+    """(sum log p, n tokens) of each continuation after one shared prompt, reading the prompt once.
+
+    The prompt's KV cache is computed once and shared by all options, so a 500-token retrieval prompt with four
+    options costs one prompt pass instead of four (the options are scored exactly as in separate passes)."""
+    import torch
+    import torch.nn.functional as F
+
+    if max_tokens > 0:
+        longest = max((len(c) for c in continuations), default=0)
+        prompt_ids = list(prompt_ids)[-max(1, max_tokens - longest):]
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        prefix = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
+        last_logits = prefix.logits[0, -1].float()
+        results = []
+        for cont in continuations:
+            if not cont:
+                results.append((0.0, 0))
+                continue
+            cache = _copy_cache(prefix.past_key_values)
+            out = model(input_ids=torch.tensor([list(cont)], device=device), past_key_values=cache, use_cache=True)
+            logits = torch.cat([last_logits[None], out.logits[0, :-1].float()], dim=0)
+            nll = F.cross_entropy(logits, torch.tensor(list(cont), device=device), reduction="sum")
+            results.append((-float(nll), len(cont)))
+    return results
+
+
+def _copy_cache(cache: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(cache)
+
+
+def score_items_shared_prefix(model: Any, tokenizer: Any, prompts: Sequence[str], items: Sequence[McqItem], *,
+                              max_tokens: int, desc: str) -> list[dict[str, int]]:
+    """Correctness per item, each item's options scored after its own prompt (closed-book or with excerpts)."""
+    from stages.common.progress import progress
+
+    out = []
+    for prompt, item in progress(list(zip(prompts, items, strict=True)), desc=desc, unit="item"):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        conts = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, text in item.options]
+        out.append(item_correct(item, score_continuations(model, prompt_ids, conts, max_tokens)))
+    return out

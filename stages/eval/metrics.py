@@ -103,3 +103,17 @@ def paired_with_ci(base_values: Sequence[float], tuned_values: Sequence[float], 
         "delta": bootstrap_ci(tuned_arr - base_arr, samples, seed + 2),
     }
     return row
+
+
+def mean_with_ci(values: Sequence[float], samples: int, seed: int) -> dict[str, Any]:
+    """One arm's mean of per-example scores and its 95 % bootstrap interval."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()) if arr.size else math.nan, "ci95": bootstrap_ci(arr, samples, seed)}
+
+
+def paired_delta(reference: Sequence[float], new: Sequence[float], samples: int, seed: int) -> dict[str, Any]:
+    """Δ = mean(new) - mean(reference) over the same items; the CI resamples the pairs together."""
+    ref_arr, new_arr = np.asarray(reference, dtype=float), np.asarray(new, dtype=float)
+    diff = new_arr - ref_arr
+    return {"delta": float(diff.mean()) if diff.size else math.nan, "ci95": bootstrap_ci(diff, samples, seed + 2),
+            "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum())}

@@ -18,6 +18,7 @@ from typing import Any
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, stable_id, write_json, write_jsonl
 from stages.common.metrics import StageMetrics
+from stages.common.retrieval import source_key
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 
@@ -35,6 +36,8 @@ class QaItem:
     reference: str
     system: str | None
     url: str = ""
+    doc_id: str = ""  # merge pairs: the source document's id
+    source: str = ""  # hand-written sets: `checked_against`, <owner>__<repo>/<path>
 
     def messages(self) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -45,6 +48,7 @@ class QaItem:
 class EvalPaths:
     base_dir: Path = Path("models/base")
     adapter_dir: Path = Path("models/adapter")
+    index_dir: Path = Path("data/index")
     train: Path = Path("data/merge/train.jsonl")
     test: Path = Path("data/merge/test.jsonl")
     metrics: Path = Path("metrics/eval.json")
@@ -75,7 +79,7 @@ def qa_from_messages(row: dict[str, Any]) -> QaItem:
     if not by_role.get("user") or not by_role.get("assistant") or not row.get("qa_id"):
         raise ValueError("record needs qa_id and user + assistant messages")
     return QaItem(str(row["qa_id"]), str(row.get("project") or "unknown"), by_role["user"], by_role["assistant"],
-                  by_role.get("system") or None, str(row.get("url") or ""))
+                  by_role.get("system") or None, str(row.get("url") or ""), doc_id=str(row.get("doc_id") or ""))
 
 
 def qa_from_row(row: dict[str, Any], set_name: str, system: str | None) -> QaItem:
@@ -84,7 +88,8 @@ def qa_from_row(row: dict[str, Any], set_name: str, system: str | None) -> QaIte
     if not question or not answer:
         raise ValueError("row needs a question and an answer")
     qa_id = str(row.get("qa_id") or row.get("id") or stable_id(set_name, question))
-    return QaItem(qa_id, str(row.get("project") or "unknown"), question, answer, system, str(row.get("url") or ""))
+    return QaItem(qa_id, str(row.get("project") or "unknown"), question, answer, system, str(row.get("url") or ""),
+                  source=str(row.get("checked_against") or ""))
 
 
 def load_items(rows: Iterable[dict[str, Any]], parse: Callable[[dict[str, Any]], Any], path: Path, set_name: str,
@@ -152,7 +157,22 @@ def load_sets(paths: EvalPaths, params: dict[str, Any], system: str | None, stat
     return sets
 
 
-# ---------------------------------------------------------------- scoring
+# ---------------------------------------------------------------- arms
+
+ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
+RETRIEVAL_ONLY = "retrieval_only"
+# Each Δ names its pair: (new, reference). The first is the headline; the last keeps the model honest.
+PAIRS = (("tuned_rag", "base_closed"), ("tuned_rag", "tuned_closed"), ("tuned_rag", "base_rag"),
+         ("base_rag", "base_closed"), ("tuned_closed", "base_closed"), ("tuned_rag", RETRIEVAL_ONLY))
+
+
+def is_rag(arm: str) -> bool:
+    return arm.endswith("_rag")
+
+
+def uses_adapter(arm: str) -> bool:
+    return arm.startswith("tuned")
+
 
 def set_texts(eval_set: EvalSet) -> list[str]:
     """The text of each item that could have leaked into training (question + answer, or + options)."""
@@ -161,26 +181,15 @@ def set_texts(eval_set: EvalSet) -> list[str]:
     return [it.question + "\n" + "\n".join(text for _, text in it.options) for it in eval_set.items]
 
 
-def answer_scores(model: Any, tokenizer: Any, items: Sequence[QaItem], params: dict[str, Any],
-                  desc: str) -> list[tuple[float, int]]:
-    from stages.eval.perplexity import assistant_sequence, masked_logprobs
-
-    return masked_logprobs(model, [assistant_sequence(tokenizer, it.messages()) for it in items],
-                           pad_id=tokenizer.pad_token_id, batch_size=int(params["batch_size"]),
-                           max_tokens=int(params.get("max_length", 1024)), desc=desc)
+def conversation(question: str, system: str | None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
 
 
-def run_model_on_qa(model: Any, tokenizer: Any, items: Sequence[QaItem], params: dict[str, Any],
-                    label: str) -> tuple[list[str], list[tuple[float, int]]]:
-    """Greedy answers and reference-answer log-likelihoods for the model in its current adapter state."""
-    from stages.eval.generate import chat_prompt, generate_answers
-
-    prompts = [chat_prompt(tokenizer, it.question, it.system) for it in items]
-    answers = generate_answers(model, tokenizer, prompts, batch_size=int(params["batch_size"]),
-                               max_new_tokens=int(params["max_new_tokens"]),
-                               repetition_penalty=float(params.get("repetition_penalty", 1.0)),
-                               max_prompt_tokens=int(params.get("max_prompt_tokens", 768)), desc=f"{label} generate")
-    return answers, answer_scores(model, tokenizer, items, params, f"{label} perplexity")
+def source_docs(item: Any, docs_by_key: dict[str, set[str]]) -> frozenset[str]:
+    """The doc ids that answer an item: its merge doc_id, or the indexed doc of its `checked_against` file."""
+    if getattr(item, "doc_id", ""):
+        return frozenset({item.doc_id})
+    return frozenset(docs_by_key.get(getattr(item, "source", ""), ()))
 
 
 def example_ppl(score: tuple[float, int]) -> float:
@@ -188,56 +197,124 @@ def example_ppl(score: tuple[float, int]) -> float:
     return math.exp(-total / n) if n else math.nan
 
 
-def qa_results(eval_set: EvalSet, base: tuple[list[str], list[tuple[float, int]]],
-               tuned: tuple[list[str], list[tuple[float, int]]], params: dict[str, Any]
-               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Set-level metrics (with CIs), per-project breakdown and one prediction row per item."""
+def _arm_context(assistant: Any, arm: str) -> Any:
+    import contextlib
+
+    return contextlib.nullcontext() if uses_adapter(arm) else assistant.base_only()
+
+
+def run_qa_arm(assistant: Any, items: Sequence[QaItem], sources: Sequence[Sequence[Any]], arm: str,
+               params: dict[str, Any], options: Any, set_name: str) -> tuple[list[str], list[tuple[float, int]]]:
+    """Answers (greedy, through the inference core) and reference log-likelihoods for one arm."""
+    from stages.eval.perplexity import continuation_sequence, masked_logprobs
+
+    prompts = [assistant.build_prompt(conversation(it.question, it.system), src if is_rag(arm) else None)
+               for it, src in zip(items, sources, strict=True)]
+    with _arm_context(assistant, arm):
+        outputs = assistant.generate(prompts, options, batch_size=int(params["batch_size"]),
+                                     desc=f"{set_name} {arm} generate")
+        sequences = [continuation_sequence(assistant.tokenizer, p, it.reference) for p, it in zip(prompts, items,
+                                                                                                  strict=True)]
+        scores = masked_logprobs(assistant.model, sequences, pad_id=assistant.tokenizer.pad_token_id,
+                                 batch_size=int(params["batch_size"]), max_tokens=int(params.get("max_length", 1024)),
+                                 desc=f"{set_name} {arm} perplexity")
+    return [text for text, *_ in outputs], scores
+
+
+def retrieval_only_answers(items: Sequence[QaItem], sources: Sequence[Sequence[Any]]) -> list[str]:
+    """The top excerpt itself, cut (around the question's words) to the reference answer's length: no model."""
+    from stages.common.prompting import best_window
+
+    out = []
+    for it, src in zip(items, sources, strict=True):
+        n = max(5, len(it.reference.split()))
+        out.append(best_window(src[0].text, it.question, n) if src else "")
+    return out
+
+
+def score_qa_set(eval_set: EvalSet, answers: dict[str, list[str]], scores: dict[str, list[tuple[float, int]]],
+                 sources: Sequence[Sequence[Any]], docs: Sequence[frozenset[str]], doc_of: dict[str, str],
+                 params: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per-arm metrics, each named Δ with a paired bootstrap CI, per-project ROUGE-L and one prediction row per item."""
+    from stages.common.prompting import strip_citations
+    from stages.eval.grounded import grounded_scores, summarise
     from stages.eval.perplexity import perplexity
 
     items, refs = eval_set.items, [it.reference for it in eval_set.items]
-    (base_ans, base_sc), (tuned_ans, tuned_sc) = base, tuned
-    rouge_b = [tm.rouge_l(a, r) for a, r in zip(base_ans, refs, strict=True)]
-    rouge_t = [tm.rouge_l(a, r) for a, r in zip(tuned_ans, refs, strict=True)]
     samples, seed = int(params.get("bootstrap_samples", 1000)), int(params.get("seed", 42))
-    len_b, len_t = tm.length_stats(base_ans), tm.length_stats(tuned_ans)
-    metrics = {
-        "rouge_l": tm.paired_with_ci(rouge_b, rouge_t, samples, seed),
-        "bleu": tm.compare(tm.corpus_bleu(base_ans, refs), tm.corpus_bleu(tuned_ans, refs)),
-        "chrf": tm.compare(tm.corpus_chrf(base_ans, refs), tm.corpus_chrf(tuned_ans, refs)),
-        "perplexity": tm.compare(perplexity(base_sc), perplexity(tuned_sc)),
-        **{k: tm.compare(len_b[k], len_t[k]) for k in len_b},
-    }
+    rouge = {arm: [tm.rouge_l(strip_citations(a), r) for a, r in zip(answers[arm], refs, strict=True)]
+             for arm in answers}
+    arms: dict[str, Any] = {}
+    grounded_rows: dict[str, list[dict[str, Any]]] = {}
+    for arm, texts in answers.items():
+        plain = [strip_citations(a) for a in texts]
+        row: dict[str, Any] = {
+            "rouge_l": tm.mean_with_ci(rouge[arm], samples, seed),
+            "bleu": tm.corpus_bleu(plain, refs),
+            "chrf": tm.corpus_chrf(plain, refs),
+            "perplexity": perplexity(scores[arm]) if arm in scores else None,
+            **tm.length_stats(plain),
+        }
+        if is_rag(arm):
+            grounded_rows[arm] = [grounded_scores(a, src, d, doc_of) for a, src, d in zip(texts, sources, docs,
+                                                                                         strict=True)]
+            row.update(summarise(grounded_rows[arm]))
+        arms[arm] = row
+    deltas = {f"{new}-vs-{ref}": {"rouge_l": tm.paired_delta(rouge[ref], rouge[new], samples, seed)}
+              for new, ref in PAIRS if new in rouge and ref in rouge}
     by_project: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         by_project[it.project].append(i)
-    per_project = {
-        project: {
-            "n": len(idx),
-            "rouge_l": tm.compare(statistics.fmean(rouge_b[i] for i in idx), statistics.fmean(rouge_t[i] for i in idx)),
-            "perplexity": tm.compare(perplexity([base_sc[i] for i in idx]), perplexity([tuned_sc[i] for i in idx])),
-        }
-        for project, idx in sorted(by_project.items())
-    }
-    result = {"format": "qa", "path": eval_set.path, "n": len(items), "metrics": metrics, "per_project": per_project,
+    per_project = {project: {"n": len(idx), "rouge_l": {arm: statistics.fmean(rouge[arm][i] for i in idx)
+                                                        for arm in rouge}}
+                   for project, idx in sorted(by_project.items())}
+    result = {"format": "qa", "path": eval_set.path, "n": len(items), "arms": arms, "deltas": deltas,
+              "per_project": per_project,
               "reference_words_mean": statistics.fmean(len(tm.words(r)) for r in refs) if refs else 0.0}
-    rows = [{"set": eval_set.name, "qa_id": it.qa_id, "project": it.project, "question": it.question,
-             "reference": it.reference, "base": base_ans[i], "tuned": tuned_ans[i],
-             "rouge_l_base": round(rouge_b[i], 6), "rouge_l_tuned": round(rouge_t[i], 6),
-             "ppl_base": _round(example_ppl(base_sc[i])), "ppl_tuned": _round(example_ppl(tuned_sc[i]))}
-            for i, it in enumerate(items)]
+    rows = []
+    for i, it in enumerate(items):
+        row = {"set": eval_set.name, "qa_id": it.qa_id, "project": it.project, "question": it.question,
+               "reference": it.reference,
+               "sources": [{"n": s.n, "chunk_id": s.chunk_id, "url": s.url, "title": s.title} for s in sources[i]],
+               "source_retrieved": any(doc_of.get(s.chunk_id) in docs[i] for s in sources[i]) if docs[i] else None}
+        for arm in answers:
+            row[arm] = answers[arm][i]
+            row[f"rouge_l_{arm}"] = round(rouge[arm][i], 6)
+            if arm in scores:
+                row[f"ppl_{arm}"] = _round(example_ppl(scores[arm][i]))
+        rows.append(row)
     return result, rows
 
 
-def mcq_results(eval_set: EvalSet, base: Sequence[dict[str, int]], tuned: Sequence[dict[str, int]],
-                params: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy per normalisation; the summed one gets bootstrap CIs (it is the headline MCQ number)."""
+def run_mcq_arm(assistant: Any, items: Sequence[Any], sources: Sequence[Sequence[Any]], arm: str, system: str | None,
+                params: dict[str, Any], set_name: str) -> list[dict[str, int]]:
+    """Correctness per item: option log-likelihood after the same prompt the arm answers open questions with."""
+    from stages.eval.mcq import score_items_shared_prefix
+
+    prompts = [assistant.build_prompt(conversation(item.question, system), src if is_rag(arm) else None)
+               for item, src in zip(items, sources, strict=True)]
+    with _arm_context(assistant, arm):
+        return score_items_shared_prefix(assistant.model, assistant.tokenizer, prompts, items,
+                                         max_tokens=int(params.get("max_length", 1024)), desc=f"{set_name} {arm}")
+
+
+def score_mcq_set(eval_set: EvalSet, correct: dict[str, list[dict[str, int]]], sources: Sequence[Sequence[Any]],
+                  docs: Sequence[frozenset[str]], doc_of: dict[str, str], params: dict[str, Any]) -> dict[str, Any]:
     samples, seed = int(params.get("bootstrap_samples", 1000)), int(params.get("seed", 42))
-    metrics = {"accuracy": tm.paired_with_ci([c["sum"] for c in base], [c["sum"] for c in tuned], samples, seed)}
-    for norm in ("token", "char"):
-        metrics[f"accuracy_{norm}_norm"] = tm.compare(statistics.fmean(c[norm] for c in base) if base else math.nan,
-                                                      statistics.fmean(c[norm] for c in tuned) if tuned else math.nan)
+    arms = {}
+    for arm, rows in correct.items():
+        arms[arm] = {"accuracy": tm.mean_with_ci([c["sum"] for c in rows], samples, seed),
+                     **{f"accuracy_{norm}_norm": statistics.fmean(c[norm] for c in rows) if rows else None
+                        for norm in ("token", "char")}}
+    deltas = {f"{new}-vs-{ref}": {"accuracy": tm.paired_delta([c["sum"] for c in correct[ref]],
+                                                              [c["sum"] for c in correct[new]], samples, seed)}
+              for new, ref in PAIRS if new in correct and ref in correct}
+    known = [(src, d) for src, d in zip(sources, docs, strict=True) if d]
     chance = statistics.fmean(1 / len(it.options) for it in eval_set.items) if eval_set.items else math.nan
-    return {"format": "mcq", "path": eval_set.path, "n": len(eval_set.items), "metrics": metrics, "chance": chance}
+    return {"format": "mcq", "path": eval_set.path, "n": len(eval_set.items), "arms": arms, "deltas": deltas,
+            "chance": chance,
+            "source_retrieved": (sum(any(doc_of.get(s.chunk_id) in d for s in src) for src, d in known) / len(known))
+            if known else None}
 
 
 def _round(value: float, digits: int = 6) -> float | None:
@@ -257,39 +334,65 @@ def finite(obj: Any) -> Any:
 
 # ---------------------------------------------------------------- the run
 
-def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | None = None) -> dict[str, Any]:
-    """Evaluate base and tuned on every set and write all outputs; returns the eval.json content."""
+def load_assistant(paths: EvalPaths, params: dict[str, Any], all_params: dict[str, Any]) -> Any:
+    """The inference core on models/base + models/adapter + data/index, as ask/chat/serve load it."""
+    from stages.common.inference import Assistant, InferenceSettings, load_chat_tokenizer
     from stages.common.modeling import pick_device, setup_cpu_threads
-    from stages.eval.generate import load_model, load_tokenizer
-    from stages.eval.mcq import score_items
+    from stages.common.retrieval import Retriever
+    from stages.eval.generate import load_model
+
+    setup_cpu_threads(int(params.get("threads") or 0) or None)
+    device = pick_device()
+    tokenizer = load_chat_tokenizer(paths.adapter_dir if (paths.adapter_dir / "tokenizer_config.json").is_file()
+                                    else paths.base_dir)
+    model = load_model(paths.base_dir, paths.adapter_dir, device, str(params.get("quantization", "none")))
+    retriever = Retriever.load(paths.index_dir)
+    settings = InferenceSettings.from_params(all_params)
+    return Assistant(model, tokenizer, retriever, settings), device
+
+
+def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | None = None,
+             all_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate the four arms (+ retrieval_only) on every set and write all outputs; returns eval.json's content."""
+    from stages.common.inference import GenerationOptions
     from stages.eval.report import write_plots, write_report
 
     stats = stats or StageMetrics("eval")
+    all_params = all_params or {}
     system = params.get("system_prompt") or train_system_prompt(paths.train)
     sets = load_sets(paths, params, system, stats)
     ngram = int(params.get("contamination_ngram", 13))
     index = contam.train_index(paths.train, ngram)
-    setup_cpu_threads(int(params.get("threads") or 0) or None)
-    device = pick_device()
-    tokenizer = load_tokenizer(paths.base_dir, paths.adapter_dir)
-    model = load_model(paths.base_dir, paths.adapter_dir, device, str(params.get("quantization", "none")))
-    log.info("evaluating %s on %s: %s", paths.adapter_dir, device, ", ".join(f"{s.name}({len(s.items)})" for s in sets))
+    assistant, device = load_assistant(paths, params, all_params)
+    doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
+    docs_by_key: dict[str, set[str]] = {}
+    for chunk in assistant.retriever.chunks:
+        key = source_key(chunk.get("url") or "")
+        if key:
+            docs_by_key.setdefault(key, set()).add(str(chunk["doc_id"]))
+    options = GenerationOptions(max_new_tokens=int(params["max_new_tokens"]),
+                                repetition_penalty=float(params.get("repetition_penalty", 1.0)))
+    arms = [a for a in ARMS if a in (params.get("arms") or ARMS)]
+    log.info("evaluating %s on %s, arms %s: %s", paths.adapter_dir, device, ", ".join(arms),
+             ", ".join(f"{s.name}({len(s.items)})" for s in sets))
 
     results: dict[str, Any] = {}
     predictions: list[dict[str, Any]] = []
     for eval_set in sets:
+        items = eval_set.items
+        sources = assistant.retrieve_batch([it.question for it in items])
+        docs = [source_docs(it, docs_by_key) for it in items]
         if eval_set.format == "qa":
-            with model.disable_adapter():
-                base = run_model_on_qa(model, tokenizer, eval_set.items, params, f"{eval_set.name} base")
-            tuned = run_model_on_qa(model, tokenizer, eval_set.items, params, f"{eval_set.name} tuned")
-            result, rows = qa_results(eval_set, base, tuned, params)
+            answers: dict[str, list[str]] = {}
+            scores: dict[str, list[tuple[float, int]]] = {}
+            for arm in arms:
+                answers[arm], scores[arm] = run_qa_arm(assistant, items, sources, arm, params, options, eval_set.name)
+            answers[RETRIEVAL_ONLY] = retrieval_only_answers(items, sources)
+            result, rows = score_qa_set(eval_set, answers, scores, sources, docs, doc_of, params)
             predictions.extend(rows)
         else:
-            kwargs = {"batch_size": int(params["batch_size"]), "max_tokens": int(params.get("max_length", 1024))}
-            with model.disable_adapter():
-                base_mcq = score_items(model, tokenizer, eval_set.items, system, desc=f"{eval_set.name} base", **kwargs)
-            tuned_mcq = score_items(model, tokenizer, eval_set.items, system, desc=f"{eval_set.name} tuned", **kwargs)
-            result = mcq_results(eval_set, base_mcq, tuned_mcq, params)
+            correct = {arm: run_mcq_arm(assistant, items, sources, arm, system, params, eval_set.name) for arm in arms}
+            result = score_mcq_set(eval_set, correct, sources, docs, doc_of, params)
         result["contamination"] = contam.contamination(set_texts(eval_set), index, ngram)
         results[eval_set.name] = result
         stats.inc("sets_evaluated")
@@ -300,6 +403,8 @@ def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | Non
     write_jsonl(paths.predictions, predictions)
     config = {k: params.get(k) for k in ("max_examples", "max_new_tokens", "batch_size", "repetition_penalty",
                                          "bootstrap_samples", "seed")}
+    config["k"] = assistant.settings.k
+    config["excerpt_words"] = assistant.settings.excerpt_words
     stats.set("throughput.items_per_second", round(sum(r["n"] for r in results.values()) / max(stats.elapsed, 1e-9), 3))
     report = finite({"sets": results, "config": config, "device": device})
     plots = write_plots(report, paths.plots_dir)
@@ -311,5 +416,4 @@ def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | Non
 
 def _headline(result: dict[str, Any]) -> str:
     key = "rouge_l" if result["format"] == "qa" else "accuracy"
-    row = result["metrics"][key]
-    return f"{key} base {row['base']:.4f} tuned {row['tuned']:.4f} (n={result['n']})"
+    return ", ".join(f"{arm} {row[key]['mean']:.4f}" for arm, row in result["arms"].items()) + f" (n={result['n']})"

@@ -12,7 +12,7 @@ from stages.common.jsonl import atomic_write
 
 log = logging.getLogger(__name__)
 
-PLOT_METRICS = ("rouge_l", "bleu", "chrf", "perplexity", "accuracy")
+PLOT_METRICS = ("rouge_l", "chrf", "perplexity", "faithfulness", "citation_accuracy", "accuracy")
 MAX_PROJECTS_PLOTTED = 30
 N_EXAMPLES = 5
 SNIPPET_CHARS = 400
@@ -39,34 +39,48 @@ def _err(row: dict[str, Any], side: str) -> tuple[float, float]:
     return max(0.0, value - ci[0]), max(0.0, ci[1] - value)
 
 
+ARM_COLORS = {"base_closed": "#9aa5b1", "tuned_closed": "#6b8fd6", "base_rag": "#e0a458", "tuned_rag": "#2f6fde",
+              "retrieval_only": "#5c946e"}
+
+
+def _arm_value(row: Any) -> float | None:
+    return row.get("mean") if isinstance(row, dict) else row
+
+
 def plot_metric(sets: dict[str, Any], metric: str, path: Path) -> Path | None:
-    """Base vs tuned bars for one metric across the sets that have it, with CI error bars where known."""
+    """One bar per arm for one metric across the sets that have it, with CI error bars where known."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n, r in sets.items() if metric in r["metrics"] and r["metrics"][metric]["base"] is not None]
+    names = [n for n, r in sets.items() if any(_arm_value(a.get(metric)) is not None for a in r["arms"].values())]
     if not names:
         return None
-    rows = [sets[n]["metrics"][metric] for n in names]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 2), 3.6))
-    x = range(len(names))
-    width = 0.38
-    for offset, side, color in ((-width / 2, "base", "#9aa5b1"), (width / 2, "tuned", "#2f6fde")):
-        values = [r[side] if r[side] is not None else 0.0 for r in rows]
-        errs = [_err(r, side) for r in rows]
-        ax.bar([i + offset for i in x], values, width, label=side, color=color,
-               yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=4)
-    ax.set_xticks(list(x), names, rotation=15)
+    arms = [a for a in ARM_COLORS if any(a in sets[n]["arms"] for n in names)]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(names) * len(arms) / 2 + 2), 3.8))
+    width = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        values, lows, highs = [], [], []
+        for n in names:
+            row = sets[n]["arms"].get(arm, {}).get(metric)
+            value = _arm_value(row)
+            values.append(value or 0.0)
+            ci = row.get("ci95") if isinstance(row, dict) else None
+            ok = value is not None and ci and ci[0] is not None
+            lows.append(max(0.0, value - ci[0]) if ok else 0.0)
+            highs.append(max(0.0, ci[1] - value) if ok else 0.0)
+        ax.bar([i - 0.4 + width * (j + 0.5) for i in range(len(names))], values, width, label=arm,
+               color=ARM_COLORS[arm], yerr=[lows, highs], capsize=3)
+    ax.set_xticks(list(range(len(names))), names, rotation=15)
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric}: base vs tuned" + (" (lower is better)" if metric == "perplexity" else ""))
-    ax.legend()
+    ax.set_title(f"{metric} by arm" + (" (lower is better)" if metric == "perplexity" else ""))
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
 def plot_per_project(per_project: dict[str, Any], set_name: str, path: Path) -> Path | None:
-    """Per-project ROUGE-L, base vs tuned, for the projects with the most items."""
+    """Per-project ROUGE-L of every arm, for the projects with the most items."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,16 +89,16 @@ def plot_per_project(per_project: dict[str, Any], set_name: str, path: Path) -> 
     if not per_project:
         return None
     projects = sorted(per_project, key=lambda p: (-per_project[p]["n"], p))[:MAX_PROJECTS_PLOTTED][::-1]
-    fig, ax = plt.subplots(figsize=(7.0, max(2.5, 0.32 * len(projects) + 1.2)))
-    y = range(len(projects))
-    height = 0.4
-    for offset, side, color in ((-height / 2, "base", "#9aa5b1"), (height / 2, "tuned", "#2f6fde")):
-        ax.barh([i + offset for i in y], [per_project[p]["rouge_l"][side] or 0.0 for p in projects], height,
-                label=side, color=color)
-    ax.set_yticks(list(y), [f"{p} (n={per_project[p]['n']})" for p in projects])
+    arms = [a for a in ARM_COLORS if a in next(iter(per_project.values()))["rouge_l"]]
+    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.45 * len(projects) + 1.2)))
+    height = 0.8 / len(arms)
+    for j, arm in enumerate(arms):
+        ax.barh([i - 0.4 + height * (j + 0.5) for i in range(len(projects))],
+                [per_project[p]["rouge_l"][arm] or 0.0 for p in projects], height, label=arm, color=ARM_COLORS[arm])
+    ax.set_yticks(list(range(len(projects))), [f"{p} (n={per_project[p]['n']})" for p in projects])
     ax.set_xlabel("ROUGE-L F1")
     ax.set_title(f"{set_name}: ROUGE-L per project")
-    ax.legend()
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
@@ -122,24 +136,41 @@ def _contamination_line(c: dict[str, Any]) -> str:
             f"{c['ngram']}-gram with the training split; {c['n_too_short']} item(s) are shorter than {c['ngram']} words and cannot match.")
 
 
+QA_ROWS = ("rouge_l", "bleu", "chrf", "perplexity", "answer_words_mean", "repeated_4gram_share", "faithfulness",
+           "citation_rate", "citation_accuracy", "citation_accuracy_when_retrieved", "source_retrieved",
+           "abstain_when_missed", "abstain_when_retrieved")
+MCQ_ROWS = ("accuracy", "accuracy_token_norm", "accuracy_char_norm")
+
+
+def _cell(row: Any) -> str:
+    if isinstance(row, dict):
+        return f"{_fmt(row.get('mean'))} {_ci(row.get('ci95'))}".strip()
+    return _fmt(row)
+
+
 def _set_section(name: str, result: dict[str, Any]) -> list[str]:
+    arms = list(result["arms"])
     lines = [f"## {name}", "", f"Format `{result['format']}`, n = {result['n']}, from `{result['path']}`.", "",
-             "| metric | base | tuned | Δ (tuned − base) | base 95 % CI | tuned 95 % CI | Δ 95 % CI |",
-             "|---|---:|---:|---:|---|---|---|"]
-    for metric, row in result["metrics"].items():
-        ci = row.get("ci95") or {}
-        lines.append(f"| {metric} | {_fmt(row['base'])} | {_fmt(row['tuned'])} | {_fmt(row['delta'])} | "
-                     f"{_ci(ci.get('base'))} | {_ci(ci.get('tuned'))} | {_ci(ci.get('delta'))} |")
+             "| metric | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for metric in (QA_ROWS if result["format"] == "qa" else MCQ_ROWS):
+        if any(metric in result["arms"][a] for a in arms):
+            lines.append(f"| {metric} | " + " | ".join(_cell(result["arms"][a].get(metric)) for a in arms) + " |")
+    lines += ["", "| Δ (new − reference) | metric | Δ | 95 % CI | wins / losses |", "|---|---|---:|---|---|"]
+    for pair, metrics in result["deltas"].items():
+        for metric, row in metrics.items():
+            lines.append(f"| {pair} | {metric} | {_fmt(row['delta'])} | {_ci(row.get('ci95'))} | "
+                         f"{row.get('wins', '')} / {row.get('losses', '')} |")
     lines += ["", _contamination_line(result["contamination"]), ""]
     if result["format"] == "mcq":
         lines += [f"Chance accuracy: {_fmt(result['chance'])}. Options are shuffled per item with the seed; "
-                  "`accuracy` picks by summed log-likelihood, the `_norm` rows per token / per character.", ""]
+                  "`accuracy` picks by summed log-likelihood, the `_norm` rows per token / per character. "
+                  f"Source document among the retrieved excerpts: {_fmt(result.get('source_retrieved'))}.", ""]
     if result.get("per_project"):
-        lines += ["| project | n | ROUGE-L base | ROUGE-L tuned | perplexity base | perplexity tuned |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["| project | n | " + " | ".join(f"ROUGE-L {a}" for a in next(iter(
+            result["per_project"].values()))["rouge_l"]) + " |",
+                  "|---|---:|" + "---:|" * len(next(iter(result["per_project"].values()))["rouge_l"])]
         for project, row in result["per_project"].items():
-            lines.append(f"| {project} | {row['n']} | {_fmt(row['rouge_l']['base'])} | {_fmt(row['rouge_l']['tuned'])}"
-                         f" | {_fmt(row['perplexity']['base'], 2)} | {_fmt(row['perplexity']['tuned'], 2)} |")
+            lines.append(f"| {project} | {row['n']} | " + " | ".join(_fmt(v) for v in row["rouge_l"].values()) + " |")
         lines.append("")
     return lines
 
@@ -152,38 +183,50 @@ def _quote(text: str) -> str:
 
 
 def _examples(predictions: Sequence[dict[str, Any]], prefer: str) -> list[str]:
-    """Five predictions (by qa_id) of the preferred set, else the first set: base and tuned side by side."""
+    """Five predictions (by qa_id) of the preferred set: every arm side by side, with the excerpts retrieved."""
     if not predictions:
         return []
     names = {p["set"] for p in predictions}
     chosen_set = prefer if prefer in names else predictions[0]["set"]
     chosen = [p for p in predictions if p["set"] == chosen_set][:N_EXAMPLES]
-    lines = [f"## Example predictions ({chosen_set})", ""]
+    lines = [f"## Example answers ({chosen_set})", ""]
     for p in chosen:
-        lines += [f"**{p['qa_id']}** ({p['project']})", "",
-                  f"- question: {_quote(p['question'])}",
-                  f"- reference: {_quote(p['reference'])}",
-                  f"- base (ROUGE-L {_fmt(p['rouge_l_base'], 3)}): {_quote(p['base'])}",
-                  f"- tuned (ROUGE-L {_fmt(p['rouge_l_tuned'], 3)}): {_quote(p['tuned'])}", ""]
+        lines += [f"**{p['qa_id']}** ({p['project']})", "", f"- question: {_quote(p['question'])}",
+                  f"- reference: {_quote(p['reference'])}"]
+        for arm in ARM_COLORS:
+            if arm in p:
+                lines.append(f"- {arm} (ROUGE-L {_fmt(p.get(f'rouge_l_{arm}'), 3)}): {_quote(p[arm])}")
+        for s in p.get("sources", []):
+            lines.append(f"  - [{s['n']}] {_quote(s['title'])} — {s['url']}")
+        lines.append("")
     return lines
 
 
 def render_report(report: dict[str, Any], predictions: Sequence[dict[str, Any]], plot_links: Sequence[str]) -> str:
     config = report.get("config", {})
-    lines = ["# Evaluation: base vs fine-tuned", "",
-             "Base = models/base, tuned = the same weights + models/adapter. ROUGE-L is mean per-example F1 "
-             "(stemmed); BLEU and chrF are corpus-level sacrebleu scores (0-100); perplexity covers the reference "
-             "answer's assistant tokens only; 95 % CIs are percentile bootstraps (the Δ CI resamples pairs).", "",
+    lines = ["# Evaluation: four arms", "",
+             "`base_closed` = models/base answering alone; `tuned_closed` = + models/adapter; `*_rag` = the same with "
+             "the top-k retrieved excerpts in the prompt (stages.common.inference, what users get); `retrieval_only` = "
+             "the top excerpt itself cut to the reference's length, no model. ROUGE-L is mean per-example F1 (stemmed, "
+             "citations removed) with a 95 % bootstrap CI; BLEU and chrF are corpus-level sacrebleu (0-100); "
+             "perplexity covers the reference answer's tokens after each arm's prompt. Each Δ names its pair; its CI "
+             "resamples the items together.", "",
              "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(config.items())) + f", device={report.get('device')}.",
-             "", "## Summary", "",
-             "| set | n | metric | base | tuned | Δ | Δ 95 % CI | contaminated |", "|---|---:|---|---:|---:|---:|---|---:|"]
+             "", "## Summary", ""]
+    arm_names = [a for a in ARM_COLORS if any(a in r["arms"] for r in report["sets"].values())]
+    lines += ["| set | n | metric | " + " | ".join(arm_names) + " | contaminated |",
+              "|---|---:|---|" + "---:|" * len(arm_names) + "---:|"]
     for name, result in report["sets"].items():
         key = "rouge_l" if result["format"] == "qa" else "accuracy"
-        row = result["metrics"][key]
-        lines.append(f"| {name} | {result['n']} | {key} | {_fmt(row['base'])} | {_fmt(row['tuned'])} | "
-                     f"{_fmt(row['delta'])} | {_ci((row.get('ci95') or {}).get('delta'))} | "
-                     f"{100 * result['contamination']['share']:.1f} % |")
+        cells = [_fmt(_arm_value(result["arms"][a][key])) if a in result["arms"] else "—" for a in arm_names]
+        lines.append(f"| {name} | {result['n']} | {key} | " + " | ".join(cells) +
+                     f" | {100 * result['contamination']['share']:.1f} % |")
     lines.append("")
+    losses = [f"{name}: {pair} {metric} Δ {_fmt(row['delta'])} {_ci(row.get('ci95'))}"
+              for name, result in report["sets"].items() for pair, metrics in result["deltas"].items()
+              for metric, row in metrics.items() if row.get("delta") is not None and row["delta"] <= 0]
+    if losses:
+        lines += ["Where the newer arm does not win (Δ ≤ 0):", ""] + [f"- {x}" for x in losses] + [""]
     for name, result in report["sets"].items():
         lines += _set_section(name, result)
     lines += _examples(predictions, prefer=next(iter(report["sets"]), ""))

@@ -1,0 +1,1 @@
+"""index: hybrid retrieval index (BM25 + dense embeddings) over the English chunks; `evaluate` measures it."""

@@ -1,0 +1,73 @@
+"""The inference core on a tiny model + tiny index: batch == one by one, stream == answer, sources, budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from stages.common.inference import Answer, Assistant, GenerationOptions, InferenceSettings, format_sources
+from tests.fakes.tiny_index import build_tiny_index, make_chunk
+
+OPTIONS = GenerationOptions(max_new_tokens=12, repetition_penalty=1.1)
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from stages.common.inference import load_chat_tokenizer
+    from stages.common.retrieval import Retriever
+
+    chunks = [make_chunk(0, "Helm", "Rollback", "helm rollback returns a release to an earlier revision."),
+              make_chunk(1, "etcd", "Ports", "etcd listens for clients on port 2379."),
+              make_chunk(2, "Prometheus", "Scraping", "Prometheus scrapes targets over HTTP.")]
+    index = build_tiny_index(tmp_path_factory.mktemp("inference"), chunks)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    settings = InferenceSettings(system_prompt="You answer questions.", k=2, excerpt_words=30, max_prompt_tokens=600)
+    return Assistant(model, load_chat_tokenizer(tiny_model_dir), Retriever.load(index), settings)
+
+
+def test_answer_has_numbered_sources_and_counts(assistant):
+    answer = assistant.answer("Which port does etcd use for clients?", options=OPTIONS)
+    assert [s.n for s in answer.sources] == [1, 2]
+    assert answer.sources[0].project == "etcd" and answer.sources[0].url.startswith("https://github.com/")
+    assert answer.prompt_tokens > 50 and 0 < answer.completion_tokens <= 12
+    assert answer.finish_reason in ("stop", "length")
+    public = answer.to_dict()["sources"][0]
+    assert set(public) == {"n", "url", "project", "title", "license", "chunk_id"}
+    assert format_sources(answer.sources).startswith("\n\nSources:\n[1] Ports - https://github.com/")
+    closed = assistant.answer("Which port does etcd use for clients?", closed_book=True, options=OPTIONS)
+    assert closed.sources == [] and closed.prompt_tokens < answer.prompt_tokens
+
+
+def test_batch_equals_one_by_one_and_stream_equals_answer(assistant):
+    questions = ["How do I roll back a Helm release?", "What does Prometheus scrape?", "etcd port?"]
+    batch = assistant.answer_batch(questions, options=OPTIONS)
+    single = [assistant.answer(q, options=OPTIONS) for q in questions]
+    assert [a.text for a in batch] == [a.text for a in single]
+    pieces = list(assistant.stream(questions[0], options=OPTIONS))
+    final = pieces[-1]
+    assert isinstance(final, Answer) and all(isinstance(p, str) for p in pieces[:-1])
+    assert "".join(pieces[:-1]).strip() == final.text == single[0].text
+    assert [s.chunk_id for s in final.sources] == [s.chunk_id for s in single[0].sources]
+
+
+def test_stop_strings_and_seeded_sampling(assistant):
+    free = assistant.answer("What does Prometheus scrape?", closed_book=True, options=OPTIONS).text
+    word = free.split()[1] if len(free.split()) > 1 else None
+    if word:
+        cut = assistant.answer("What does Prometheus scrape?", closed_book=True,
+                               options=GenerationOptions(max_new_tokens=12, repetition_penalty=1.1, stop=(word,))).text
+        assert word not in cut and free.startswith(cut.strip()[:3])
+    sampled = GenerationOptions(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=3)
+    a = assistant.answer("etcd port?", closed_book=True, options=sampled).text
+    assert a == assistant.answer("etcd port?", closed_book=True, options=sampled).text
+
+
+def test_history_is_dropped_before_the_question(assistant):
+    long_turn = "words " * 400
+    conversation = [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn},
+                    {"role": "user", "content": "Which port does etcd use?"}]
+    prompt = assistant.build_prompt(conversation, None)
+    assert "Which port does etcd use?" in prompt and long_turn.strip() not in prompt
+    with pytest.raises(ValueError):
+        assistant.answer([{"role": "assistant", "content": "hi"}])

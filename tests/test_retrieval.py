@@ -1,0 +1,143 @@
+"""The index stage and the retriever: real BM25 + real MiniLM (offline package) over a small hand-made corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stages.common.retrieval import Retriever, detect_project, reciprocal_rank_fusion, source_key
+from tests.fakes.tiny_index import build_tiny_index, make_chunk
+
+CHUNKS = [
+    make_chunk(0, "Helm", "helm rollback", "Roll back a release to a previous revision with helm rollback followed by "
+               "the release name and the revision number. Without a revision it goes back to the previous one."),
+    make_chunk(1, "Helm", "helm install", "Install a chart into the cluster with helm install, giving a release name "
+               "and the chart reference; values files override the chart defaults."),
+    make_chunk(2, "etcd", "Client port", "By default etcd serves client requests on port 2379 and peer traffic on "
+               "port 2380. Both can be changed with the listen URL flags."),
+    make_chunk(3, "Prometheus", "Scrape configuration", "Prometheus pulls metrics from targets over HTTP at the "
+               "scrape interval configured in scrape_configs; each target exposes a /metrics endpoint."),
+    make_chunk(4, "Kubernetes", "Liveness probes", "The kubelet restarts a container whose liveness probe fails. "
+               "A probe can run a command, an HTTP GET request or a TCP socket check."),
+    make_chunk(5, "Kubernetes", "ConfigMaps", "A ConfigMap holds non-confidential configuration as key-value pairs "
+               "that pods consume as environment variables, command-line arguments or files in a volume."),
+    make_chunk(6, "Linkerd", "Mutual TLS", "Linkerd automatically enables mutual TLS for all TCP traffic between "
+               "meshed pods, with no configuration required from the application."),
+    make_chunk(7, "Jaeger", "Sampling", "Jaeger clients decide per trace whether to record it; probabilistic "
+               "sampling keeps a fixed fraction of traces, rate limiting keeps a number per second."),
+]
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    return build_tiny_index(tmp_path_factory.mktemp("retrieval"), CHUNKS, dense_backend="usearch")
+
+
+@pytest.fixture(scope="module")
+def retriever(index_dir):
+    return Retriever.load(index_dir)
+
+
+def test_index_files_and_meta(index_dir):
+    meta = json.loads((index_dir / "meta.json").read_text())
+    assert meta["n_chunks"] == len(CHUNKS) and meta["embedding"]["dtype"] == "float16"
+    embeddings = np.load(index_dir / "embeddings.npy")
+    assert embeddings.dtype == np.float16 and embeddings.shape == (len(CHUNKS), 384)
+    norms = np.linalg.norm(embeddings.astype(np.float32), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-2)
+    ids = [json.loads(line)["chunk_id"] for line in (index_dir / "chunks.jsonl").read_text().splitlines()]
+    assert ids == sorted(ids)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("How do I undo a Helm upgrade and return to an earlier version?", "c0000"),
+    ("Which port do etcd clients connect to?", "c0002"),
+    ("how often does prometheus collect data from targets", "c0003"),
+    ("What happens when a health check of my container keeps failing?", "c0004"),
+    ("Is traffic between meshed services encrypted?", "c0006"),
+])
+def test_hybrid_finds_the_answering_chunk(retriever, query, expected):
+    hits = retriever.search(query, 3)
+    assert hits[0].chunk_id == expected, [h.chunk_id for h in hits]
+    assert hits[0].url.startswith("https://github.com/") and hits[0].license == "Apache-2.0"
+
+
+def test_dense_finds_paraphrases_bm25_cannot(retriever):
+    query = "are connections among my workloads encrypted"  # no stemmed word shared with chunk 6
+    assert retriever.search(query, 1, mode="dense")[0].chunk_id == "c0006"
+    assert all(h.chunk_id != "c0006" for h in retriever.search(query, 1, mode="bm25"))
+
+
+def test_ann_backend_agrees_with_exact(index_dir):
+    exact, ann = Retriever.load(index_dir, dense_backend="exact"), Retriever.load(index_dir, dense_backend="usearch")
+    queries = ["helm rollback revision", "etcd port 2379", "jaeger sampling", "configmap environment variables"]
+    assert [r[0] for r in exact.dense_ranking(queries, 3)] == [r[0] for r in ann.dense_ranking(queries, 3)]
+
+
+def test_search_is_deterministic(retriever):
+    first = [h.chunk_id for h in retriever.search("kubernetes pods configuration", 5)]
+    assert first == [h.chunk_id for h in retriever.search("kubernetes pods configuration", 5)]
+    assert retriever.search_batch(["a", "kubernetes pods configuration"], 5)[1] == retriever.search(
+        "kubernetes pods configuration", 5)
+
+
+def test_project_filter_keeps_the_named_project(retriever):
+    hits = retriever.search("Helm chart values and Kubernetes configuration", 4, project_filter="filter")
+    assert {h.project for h in hits} == {"Helm"}
+    boosted = retriever.search("Helm chart values and Kubernetes configuration", 4, project_filter="boost")
+    assert [h.project for h in boosted][:2] == ["Helm", "Helm"]
+    assert detect_project("what does etcd store?", ["etcd", "Helm"]) == "etcd"
+    assert detect_project("kettle", ["etcd"]) is None
+
+
+def test_rrf_orders_by_fused_rank_with_stable_ties():
+    # 1 and 3: 1/61 + 1/63 each; 2: 2/62, a hair less. The tie between 1 and 3 goes to the smaller id.
+    assert reciprocal_rank_fusion([[1, 2, 3], [3, 2, 1]], [1.0, 1.0], 60) == [1, 3, 2]
+    assert reciprocal_rank_fusion([[5], [7]], [1.0, 1.0], 60) == [5, 7]  # tie -> smaller id first
+    assert reciprocal_rank_fusion([[5], [7]], [1.0, 2.0], 60) == [7, 5]
+
+
+def test_source_key_maps_blob_urls():
+    assert source_key("https://github.com/helm/helm-www/blob/abc/content/en/docs/x.md") == \
+        "helm__helm-www/content/en/docs/x.md"
+    assert source_key("https://helm.sh/docs/") is None
+
+
+def test_rebuild_reuses_cached_embeddings(tmp_path):
+    from stages.common.jsonl import read_json
+
+    build_tiny_index(tmp_path, CHUNKS[:4])
+    changed = [*CHUNKS[:3], {**CHUNKS[3], "text": CHUNKS[3]["text"] + " Changed."}]
+    from stages.common.jsonl import write_jsonl
+    from stages.common.metrics import StageMetrics
+    from stages.index.build import IndexParams, build_index
+    from tests.fakes.tiny_index import INDEX_PARAMS
+
+    write_jsonl(tmp_path / "langfilter" / "chunks.jsonl", changed)
+    metrics = StageMetrics("index")
+    build_index(tmp_path / "langfilter" / "chunks.jsonl", tmp_path / "index",
+                IndexParams(**{**INDEX_PARAMS, "cache_dir": str(tmp_path / "embcache")}), metrics)
+    assert metrics.values["embedding.embedded"] == 1 and metrics.values["embedding.reused"] == 3
+    assert read_json(tmp_path / "index" / "meta.json")["n_chunks"] == 4
+
+
+def test_bad_index_param_is_one_line_and_touches_nothing(tmp_path, repo_root):
+    import yaml
+
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["index"]["candidates"] = -3
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out_dir = tmp_path / "index"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("previous output")
+    result = subprocess.run([sys.executable, "-m", "stages.index", "--params", str(tmp_path / "params.yaml"),
+                             "--out-dir", str(out_dir), "--metrics", str(tmp_path / "m.json")], cwd=repo_root,
+                            capture_output=True, text=True)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "index.candidates" in errors[0], result.stderr
+    assert (out_dir / "keep.txt").read_text() == "previous output"
