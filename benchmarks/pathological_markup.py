@@ -1,6 +1,6 @@
 """Time the markdown cleaner on pathological markup at growing sizes and print a table: linear or not.
 
-    python benchmarks/pathological_markup.py [--sizes 5,10,20,40,80] [--repeat 3]
+    python benchmarks/pathological_markup.py [--sizes 10,20,40,80,160] [--repeat 3]
 
 Each case repeats one hostile unit (the issue's repeated Hugo shortcode, unclosed shortcodes and comments,
 nested brackets, JSX-like tags) up to each size in KB and runs the cleaner unify uses on it
