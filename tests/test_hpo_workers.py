@@ -15,31 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
+from tests.hpo_toy import GIT_ID, toy_repo
 from tests.servers import postgres_server, wait_for
 
-GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 N_TRIALS = 6
-
-
-def toy_repo(root: Path, env: dict[str, str], hpo: dict) -> Path:
-    """A git + DVC project whose `train` stage writes m.json:loss = (x - 2)^2 after a short sleep."""
-    repo = root / "repo"
-    repo.mkdir(parents=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"x": 0.0}, "hpo": hpo}))
-    (repo / "objective.py").write_text(
-        "import json, time, yaml\n"
-        "x = yaml.safe_load(open('params.yaml'))['train']['x']\n"
-        "time.sleep(1.5)\n"
-        "json.dump({'loss': (x - 2) ** 2}, open('m.json', 'w'))\n")
-    (repo / "dvc.yaml").write_text(
-        "stages:\n  train:\n    cmd: python objective.py\n    deps: [objective.py]\n    params: [train.x]\n"
-        "    metrics:\n      - m.json:\n          cache: false\n")
-    (repo / ".gitignore").write_text(".cache/\n")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    return repo
 
 
 def kill_tree(pid: int) -> None:
