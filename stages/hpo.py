@@ -140,7 +140,9 @@ def make_storage(params: dict[str, Any]) -> Any:
         heartbeat_stale_trial_callback=retry)
 
 
-def open_study(params: dict[str, Any]) -> Any:
+def open_study(params: dict[str, Any], worker_index: int = 0) -> Any:
+    """The shared study; each worker seeds its sampler with `hpo.seed + worker_index` (equal seeds would make
+    parallel workers draw the same start-up trials)."""
     import optuna
 
     n_trials = int(params["n_trials"])
@@ -148,7 +150,7 @@ def open_study(params: dict[str, Any]) -> Any:
     return optuna.create_study(
         study_name=str(params.get("study_name", "cncf-llm")), storage=make_storage(params), load_if_exists=True,
         direction=str(params.get("direction", "minimize")),
-        sampler=optuna.samplers.TPESampler(seed=int(params.get("seed", 42)), n_startup_trials=startup,
+        sampler=optuna.samplers.TPESampler(seed=int(params.get("seed", 42)) + worker_index, n_startup_trials=startup,
                                            constant_liar=True),  # parallel workers do not all draw one point
         pruner=optuna.pruners.MedianPruner(n_startup_trials=startup,
                                            n_warmup_steps=int(params.get("prune_warmup_steps", 0))))
@@ -258,13 +260,13 @@ def worker_id() -> str:
 
 
 def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None, root: Path = Path("."),
-               clone: Path | None = None) -> Any:
+               clone: Path | None = None, worker_index: int = 0) -> Any:
     """Take trials from the shared study until it has `n_trials` finished ones; returns the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = prepare_clone(root, clone) if clone is not None else root
-    study = open_study(params)
+    study = open_study(params, worker_index)
     n_trials = int(params["n_trials"])
     target = str(params.get("target", "train"))
     prune_on = str(params.get("prune_on") or "")
@@ -314,12 +316,16 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
 
     states = optuna.trial.TrialState
     finished = (states.COMPLETE, states.PRUNED)
-    stop_at = optuna.study.MaxTrialsCallback(n_trials, states=finished)
+    # Running trials count as taken: two workers never both start the last one. A dead worker's running trial
+    # goes stale (heartbeats), comes back as WAITING and is run again.
+    taken = (*finished, states.RUNNING)
+    stop_at = optuna.study.MaxTrialsCallback(n_trials, states=taken)
     deadline = time.monotonic() + float(params.get("max_wait_seconds", 3600))
     max_failed = int(params.get("max_failed_trials", n_trials))  # a broken setup fails fast, not forever
     while True:
         trials = study.get_trials(deepcopy=False)
-        todo = n_trials - sum(t.state in finished for t in trials) + sum(t.state == states.WAITING for t in trials)
+        waiting = sum(t.state == states.WAITING for t in trials)  # retries of dead workers' trials, enqueued ones
+        todo = max(n_trials - sum(t.state in taken for t in trials), waiting)
         mine_failed = sum(t.state == states.FAIL and t.user_attrs.get("worker") == me for t in trials)
         if mine_failed >= max_failed:
             log.warning("worker %s: %d trials failed here; stopping (hpo.max_failed_trials)", me, mine_failed)
@@ -354,7 +360,7 @@ def spawn_workers(params: dict[str, Any], n_workers: int, root: Path, params_pat
     for i in range(n_workers):
         cmd = [sys.executable, "-m", "stages.hpo", "worker", "--params", params_path,
                "--clone", str(workdir / f"worker-{i}" / "repo"), "--storage", str(params["storage"]),
-               "--trials", str(params["n_trials"])]
+               "--trials", str(params["n_trials"]), "--worker-index", str(i)]
         procs.append(subprocess.Popen(cmd, cwd=root))
         time.sleep(1.0)  # staggered: the first worker creates the study tables
     codes = [p.wait() for p in procs]
@@ -417,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel workers on this machine, each in a clone")
     parser.add_argument("--storage", help="override hpo.storage (sqlite:///f, journal:f, postgresql://...)")
     parser.add_argument("--study-name", help="override hpo.study_name")
+    parser.add_argument("--worker-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", "0") or 0),
+                        help="worker: offsets the sampler seed (default: $SLURM_ARRAY_TASK_ID or 0)")
     parser.add_argument("--clone", type=Path, help="worker: run in this clone of the repository (created if absent)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -430,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers < 1:
         raise StageError("--workers must be >= 1")
     if args.mode == "worker":
-        run_worker(params, clone=args.clone)
+        run_worker(params, clone=args.clone, worker_index=args.worker_index)
         return
     if args.mode == "study":
         if args.workers == 1:

@@ -45,7 +45,7 @@ def test_two_workers_one_killed_on_postgres(tmp_path: Path, repo_root: Path) -> 
         repo = toy_repo(tmp_path, env, hpo)
         logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115
         workers = [subprocess.Popen([sys.executable, "-m", "stages.hpo", "worker", "--clone",
-                                     str(tmp_path / f"w{i}" / "repo")], cwd=repo, env=env, stdout=logs[i],
+                                     str(tmp_path / f"w{i}" / "repo"), "--worker-index", str(i)], cwd=repo, env=env, stdout=logs[i],
                                     stderr=subprocess.STDOUT) for i in range(2)]
         victim, survivor = workers
         tag = f":{victim.pid}"
