@@ -41,7 +41,8 @@ TINY_TRAIN = {"base_model": "inputs/base", "quantization": "none", "lora_r": 8, 
               "gradient_checkpointing": False}
 
 
-def tiny_train_repo(root: Path, env: dict[str, str], hpo: dict, tiny_model_dir: Path, with_hpc: Path) -> Path:
+def tiny_train_repo(root: Path, env: dict[str, str], hpo: dict, tiny_model_dir: Path,
+                    with_hpc: Path | None = None) -> Path:
     """A project whose `train` stage is the real stages.train (LoRA on the tiny model, a few chat records)."""
     import json
     import random
@@ -63,7 +64,8 @@ def tiny_train_repo(root: Path, env: dict[str, str], hpo: dict, tiny_model_dir: 
         "    deps: [inputs]\n    params: [train]\n    outs: [models/adapter]\n"
         "    metrics:\n      - metrics/train.json:\n          cache: false\n")
     (repo / ".gitignore").write_text(".cache/\nslurm-*.out\n/models/\n/metrics/train_live/\n")
-    shutil.copytree(with_hpc, repo / "hpc")
+    if with_hpc is not None:
+        shutil.copytree(with_hpc, repo / "hpc")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     return repo
