@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,7 @@ def make_storage(params: dict[str, Any]) -> Any:
         raise StageError("hpo.storage must not hold a password: set PGPASSWORD (or ~/.pgpass) instead")
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; requirements pin psycopg2-binary
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=int(params.get("max_retry", 3)))
     return optuna.storages.RDBStorage(
         url, engine_kwargs={"pool_pre_ping": True} if kind == "postgresql" else None,
