@@ -212,13 +212,18 @@ def stop_process_group(proc: subprocess.Popen[str], grace_s: float = 20.0) -> No
         proc.wait()
 
 
+def has_origin(cwd: Path) -> bool:
+    return subprocess.run(["git", "remote", "get-url", "origin"], cwd=cwd, capture_output=True).returncode == 0
+
+
 def push_experiment(name: str, cwd: Path) -> None:
     """Send a finished experiment home: git refs to `origin`, outputs to the default DVC remote if one is set."""
     has_remote = subprocess.run(["dvc", "remote", "default"], cwd=cwd, capture_output=True, text=True)
     cmd = ["dvc", "exp", "push", "origin", name]
     if has_remote.returncode != 0 or not has_remote.stdout.strip():
         cmd.append("--no-cache")
-    result = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True, text=True)
+    env = {**git_env(), "GIT_TERMINAL_PROMPT": "0"}  # never wait for a password on a prompt
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         log.warning("dvc exp push %s failed (the experiment stays in %s): %s", name, cwd,
                     _first_error(result.stdout + result.stderr))
@@ -312,7 +317,7 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
             log.info("%s", exc)
             raise optuna.TrialPruned(str(exc)) from None
         value = read_metric(params["metric"], workdir)
-        if runner is None and clone is not None:
+        if runner is None and has_origin(workdir):  # a clone always has one; a workspace when it was cloned
             push_experiment(name, workdir)
         return value
 
