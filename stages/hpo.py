@@ -223,7 +223,11 @@ def push_experiment(name: str, cwd: Path) -> None:
     if has_remote.returncode != 0 or not has_remote.stdout.strip():
         cmd.append("--no-cache")
     env = {**git_env(), "GIT_TERMINAL_PROMPT": "0"}  # never wait for a password on a prompt
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        log.warning("dvc exp push %s timed out (the experiment stays in %s)", name, cwd)
+        return
     if result.returncode != 0:
         log.warning("dvc exp push %s failed (the experiment stays in %s): %s", name, cwd,
                     _first_error(result.stdout + result.stderr))
