@@ -19,7 +19,7 @@ import pytest
 from tests.hpo_toy import GIT_ID, toy_repo
 from tests.servers import postgres_server, wait_for
 
-N_TRIALS = 6
+N_TRIALS = 4
 
 
 def kill_tree(pid: int) -> None:
