@@ -332,7 +332,7 @@ def test_offline_stops_fast_with_one_line(unreachable: str, repo_root: Path, tmp
     if unreachable == "github_api":
         landscape = str(tmp_path / "landscape.yml")
         (tmp_path / "landscape.yml").write_text(LANDSCAPE)
-    params["scrape"].update(landscape_url=landscape, cache_dir=str(tmp_path / "c"))
+    params["scrape"].update(source="github", landscape_url=landscape, cache_dir=str(tmp_path / "c"))
     params["scrape"]["github"]["api_url"] = f"http://127.0.0.1:{port}"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
