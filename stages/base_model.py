@@ -223,8 +223,8 @@ def build_base_model(base_model: str, out_dir: Path = OUT_DIR, hf_endpoint: str 
     ensure_pad_token(tokenizer, model)
     record_stop_tokens(tokenizer, model)
     gguf_path = Path(source.model_dir) / source.gguf_file if source.gguf_file else None
-    info = {
-        **asdict(source),
+    info = {  # no model_dir: an absolute install path (venv, HF cache) would make models/base differ per machine
+        **{key: value for key, value in asdict(source).items() if key != "model_dir"},
         "gguf_sha256": sha256_file(gguf_path) if gguf_path else None,
         "architecture": type(model).__name__,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),

@@ -25,35 +25,30 @@ from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_jsonl, write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
+from stages.common.schema import LangfilterParams, load_stage_params
+from stages.common.text import count_words, split_fences
 
 log = logging.getLogger(__name__)
 
 STRUCTURED_KINDS = ("yaml", "json")
 DOC_TEXT_CHARS = 50000  # a document's language is decided on its first 50k characters: plenty, and bounded
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{CJK}]|[^\s{CJK}]+")
-FENCED_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})[^\n]*\n.*?(?:^[ \t]{0,3}\1[ \t]*$|\Z)", re.M | re.S)
 INDENTED_CODE_RE = re.compile(r"(?:^(?: {4}|\t)[^\n]*\n?){2,}", re.M)
 INLINE_CODE_RE = re.compile(r"`[^`\n]*`")
-URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+|\S+@\S+\.\w+")
-TEMPLATE_RE = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
-PATHLIKE_RE = re.compile(r"(?<!\w)(?:[\w.-]*/){2,}[\w.-]*|--?[\w-]+=?\S*")
+# Every pattern is linear on hostile text: starts are anchored by look-behinds and repeats bounded (an unanchored
+# `\S+@` rescanned a long token from each of its characters: quadratic, minutes on one 100 KB "word").
+URL_RE = re.compile(r"(?:https?|ftp)://\S+|www\.\S+|(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,253}(?:\.[\w-]{1,63})+")
+TEMPLATE_RE = re.compile(r"\{\{.{0,500}?\}\}|\{%.{0,500}?%\}", re.S)
+PATHLIKE_RE = re.compile(r"(?<![\w.-])(?:[\w.-]{0,200}/){2,}[\w.-]*|(?<![\w-])--?[\w-]+=?\S*")
 MARKUP_RE = re.compile(r"^[ \t]*(?:#{1,6}|>|[-*+]|\d+[.)])[ \t]+|[|*_~#<>\[\]{}()]|^[ \t]*:?-{3,}:?", re.M)
 
 _IDENTIFIER: Any = None
 
 
-def count_words(text: str) -> int:
-    """Whitespace words; each CJK character counts as one (same rule as unify's chunk bound)."""
-    return len(WORD_RE.findall(text))
-
-
 def prose_of(text: str) -> str:
     """The natural-language part of a chunk: code blocks, inline code, URLs, paths, flags and markup removed."""
-    s = FENCED_RE.sub(" ", text)
+    s = "\n".join(seg if not is_code else " " for is_code, seg in split_fences(text))
     s = INDENTED_CODE_RE.sub(" ", s)
     s = INLINE_CODE_RE.sub(" ", s)
     s = TEMPLATE_RE.sub(" ", s)
@@ -131,12 +126,12 @@ def filter_chunks(chunks: list[dict[str, Any]], params: dict[str, Any], document
     metrics = metrics or StageMetrics("langfilter")
     languages = [str(x) for x in params["languages"]]
     min_conf, min_words = float(params["min_confidence"]), int(params["min_words"])
-    workers = max(1, int(params.get("workers", 1)))
+    workers = max(1, int(params["workers"]))
     identifier()  # load before forking: workers inherit it
     structured = [c.get("kind") in STRUCTURED_KINDS for c in chunks]
     verdicts = [v for _, v in judge_all([("" if s else str(c.get("text", "")), min_words)
                                          for c, s in zip(chunks, structured, strict=True)], workers, "langid")]
-    inherit_below = float(params.get("inherit_below", 0.0))
+    inherit_below = float(params["inherit_below"])
     doubtful = [v is not None and v[0] not in languages and v[1] < inherit_below for v in verdicts]
     need_doc = {str(c.get("doc_id")) for c, s, v, d in zip(chunks, structured, verdicts, doubtful, strict=True)
                 if (not s and v is None) or d}
@@ -237,10 +232,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                              "(default: langfilter.ground_truth)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("langfilter", args.params)
-    ground_truth = args.ground_truth or (Path(params["ground_truth"]) if params.get("ground_truth") else None)
+    params = load_stage_params("langfilter", LangfilterParams, args.params).model_dump()
+    ground_truth = args.ground_truth or (Path(params["ground_truth"]) if params["ground_truth"] else None)
     metrics = StageMetrics("langfilter")
-    result = run(Path(args.in_dir), Path(args.out_dir), params, metrics, ground_truth)
+    with recorded_failure(metrics, args.metrics):
+        result = run(Path(args.in_dir), Path(args.out_dir), params, metrics, ground_truth)
     metrics.write(args.metrics)
     log.info("langfilter: %d chunks -> %d kept, %d rejected (%.1fs)%s", result["chunks_in"], result["kept"],
              result["rejected"], metrics.elapsed, f"; quality {result['quality']}" if "quality" in result else "")

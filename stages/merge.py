@@ -15,7 +15,6 @@ import hashlib
 import html
 import json
 import logging
-import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,10 +24,12 @@ from typing import Any
 import yaml
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import atomic_write, iter_jsonl_lenient, read_jsonl, stable_id, write_jsonl
-from stages.common.metrics import StageMetrics
+from stages.common.jsonl import atomic_write, iter_jsonl_lenient, stable_id, write_jsonl
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
+from stages.common.schema import MergeParams, load_stage_params
+from stages.common.text import drop_html_comments, fenced_lines, split_fences
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ _HTML_TAGS = (
 )
 _TAG_RE = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
 _BREAK_RE = re.compile(r"<(?:br|hr)\s*/?>|</(?:p|div|li|tr|h[1-6]|blockquote|pre)>", re.IGNORECASE)
-_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
-_FENCE_RE = re.compile(r"^\s*(```|~~~)")
 _WORD_RE = re.compile(r"\w+")
 
 
@@ -126,7 +125,7 @@ def normalize_text(text: str) -> str:
         if is_code:
             out.extend(line.rstrip() for line in block)
             continue
-        prose = _TAG_RE.sub("", _BREAK_RE.sub("\n", html.unescape(_COMMENT_RE.sub("", "\n".join(block)))))
+        prose = _TAG_RE.sub("", _BREAK_RE.sub("\n", html.unescape(drop_html_comments("\n".join(block)))))
         for line in prose.split("\n"):
             indent = len(line) - len(line.lstrip(" \t"))
             body = re.sub(r"[ \t\u00a0\u200b]+", " ", line[indent:]).strip()
@@ -135,20 +134,9 @@ def normalize_text(text: str) -> str:
 
 
 def _fence_segments(text: str) -> list[tuple[bool, list[str]]]:
-    """Split into (is_code, lines) runs; fence lines belong to their code run, an unclosed fence is closed."""
-    segments: list[tuple[bool, list[str]]] = []
-    in_fence = False
-    for line in text.split("\n"):
-        is_fence = bool(_FENCE_RE.match(line))
-        code_line = in_fence or is_fence
-        if not segments or segments[-1][0] != code_line or (is_fence and not in_fence and segments[-1][0]):
-            segments.append((code_line, []))
-        segments[-1][1].append(line.strip() if is_fence else line)
-        if is_fence:
-            in_fence = not in_fence
-    if in_fence:  # an unclosed fence would swallow the rest of a chat turn in most renderers
-        segments[-1][1].append("```")
-    return segments
+    """(is_code, lines) runs; fence lines trimmed, an unclosed fence closed (it would swallow the rest of a chat
+    turn in most renderers)."""
+    return [(True, fenced_lines(seg)) if is_code else (False, seg.split("\n")) for is_code, seg in split_fences(text)]
 
 
 def tokens(text: str) -> list[str]:
@@ -515,33 +503,6 @@ def _licence_section(records: list[dict[str, Any]], repos: dict[str, dict[str, A
     return text
 
 
-# ------------------------------------------------------------------------------------------ hub upload
-def push_to_hub(out_dir: Path, repo_id: str) -> None:
-    """Upload the three splits (datasets.DatasetDict.push_to_hub), then our card over the generated one."""
-    if not repo_id:
-        raise StageError("merge.push_to_hub is true but merge.hub_repo is empty (e.g. your-org/cncf-qa)")
-    token = os.environ.get("HF_TOKEN")
-    if not token:
-        raise StageError("merge.push_to_hub is true but HF_TOKEN is not set in the environment")
-    try:
-        from datasets import Dataset, DatasetDict
-        from datasets import config as datasets_config
-        from huggingface_hub import HfApi
-
-        # from_list keeps it in memory: no Arrow cache files left behind under ~/.cache.
-        rows = {s: list(read_jsonl(out_dir / f"{s}.jsonl")) for s in SPLITS}
-        data = DatasetDict({s: Dataset.from_list(r) for s, r in rows.items() if r})
-        data.push_to_hub(repo_id, token=token)
-        api = HfApi(endpoint=datasets_config.HF_ENDPOINT, token=token)
-        api.upload_file(path_or_fileobj=str(out_dir / "README.md"), path_in_repo="README.md", repo_id=repo_id,
-                        repo_type="dataset")
-    except Exception as exc:  # network, auth and Hub errors all end the same way: one line, no token
-        first = str(exc).strip().splitlines()[0].replace(token, "***") if str(exc).strip() else ""
-        raise StageError(f"push to the Hugging Face Hub ({repo_id}) failed: {type(exc).__name__}: {first[:200]}; "
-                         "data/merge is written; rerun with -S merge.push_to_hub=false or upload later") from None
-    log.info("pushed data/merge to https://huggingface.co/datasets/%s", repo_id)
-
-
 # ------------------------------------------------------------------------------------------------- run
 def _metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name)
@@ -551,25 +512,24 @@ def merge(qa_gen_path: Path, stackoverflow_path: Path, out_dir: Path, params: di
           metrics: StageMetrics, manifest_path: Path = MANIFEST_PATH, entities_path: Path = ENTITIES_PATH,
           base_dir: Path = Path(".")) -> dict[str, list[dict[str, Any]]]:
     """The whole stage on explicit paths; `params` is the full params file (merge, qa_gen, eval sections)."""
-    cfg = params.get("merge") or {}
-    priority = list(cfg.get("source_priority") or ["docs", "stackoverflow"])
-    seed = int(cfg.get("seed", 42))
+    cfg = params["merge"]  # validated by MergeParams: every key present, defaults in params.yaml only
+    priority = list(cfg["source_priority"])
+    seed = int(cfg["seed"])
+    ngram, min_words = int(cfg["decontam_ngram"]), int(cfg["decontam_min_words"])
     pairs = load_pairs(qa_gen_path, stackoverflow_path, metrics)
     pairs = normalize_pairs(pairs, metrics)
     eval_sets = (params.get("eval") or {}).get("sets") or []
-    index = build_contamination_index(eval_sets, int(cfg.get("decontam_ngram", 13)),
-                                      int(cfg.get("decontam_min_words", 3)), base_dir)
+    index = build_contamination_index(eval_sets, ngram, min_words, base_dir)
     pairs = decontaminate(pairs, index, metrics)
     pairs = exact_dedup(pairs, priority, metrics)
-    pairs = near_dedup(pairs, float(cfg.get("near_dup_threshold", 0.85)), int(cfg.get("minhash_num_perm", 128)),
+    pairs = near_dedup(pairs, float(cfg["near_dup_threshold"]), int(cfg["minhash_num_perm"]),
                        seed, priority, metrics)
-    splits = split_pairs(pairs, float(cfg.get("validation_fraction", 0.05)), float(cfg.get("test_fraction", 0.05)),
+    splits = split_pairs(pairs, float(cfg["validation_fraction"]), float(cfg["test_fraction"]),
                          seed)
-    if cfg.get("decontaminate_heldout", True):
-        splits = decontaminate_heldout(splits, int(cfg.get("decontam_ngram", 13)),
-                                       int(cfg.get("decontam_min_words", 3)), metrics)
+    if cfg["decontaminate_heldout"]:
+        splits = decontaminate_heldout(splits, ngram, min_words, metrics)
 
-    system_prompt = str(cfg.get("system_prompt") or "")
+    system_prompt = str(cfg["system_prompt"])
     for name in SPLITS:
         n = write_jsonl(out_dir / f"{name}.jsonl", (to_chat_record(p, system_prompt) for p in splits[name]))
         metrics.inc(f"out.{name}", n)
@@ -596,14 +556,13 @@ def _record_breakdowns(splits: dict[str, list[dict[str, Any]]], metrics: StageMe
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    cfg = load_params("merge", args.params)
-    params = load_params(None, args.params)
+    cfg = load_stage_params("merge", MergeParams, args.params)
+    params = {**load_params(None, args.params), "merge": cfg.model_dump()}
     metrics = StageMetrics("merge")
-    splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)
+    with recorded_failure(metrics):
+        splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)
     metrics.write()
     log.info("merge: train %d, validation %d, test %d -> %s", *(len(splits[s]) for s in SPLITS), OUT_DIR)
-    if cfg.get("push_to_hub"):
-        push_to_hub(OUT_DIR, str(cfg.get("hub_repo") or ""))
 
 
 if __name__ == "__main__":

@@ -29,17 +29,18 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
+from stages.common.fs import UnsafePathError, read_regular_file, resolve_under
 from stages.common.http import HttpClient, HttpError
 from stages.common.jsonl import stable_id, write_json, write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
+from stages.common.schema import StackOverflowParams, load_stage_params
+from stages.common.text import LIST_ITEM_RE, html_to_markdown, tidy_markdown
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,14 @@ FILTER_INCLUDE = ("question.body_markdown", "question.answers", "question.link",
                   "answer.body", "answer.score", "answer.is_accepted", "answer.owner", "answer.answer_id",
                   "answer.question_id", "answer.content_license", "shallow_user.display_name")
 API_PAGE_SIZE_MAX = 100
+API_ERROR_RETRIES = 3  # throttle_violation / temporarily_unavailable / internal_error: wait and retry this often
+RETRYABLE_API_ERRORS = frozenset({"throttle_violation", "temporarily_unavailable", "internal_error"})
+MAX_BAD_PAGES = 5  # malformed (or empty) pages in a row before a tag is given up
+MAX_BACKOFF_S = 3600  # a `backoff` field beyond this is garbage, not a request for silence
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9.+#-]{0,34}")  # StackExchange tag names; they become file names too
 OFFLINE_HINT = ("to run offline, replay saved API pages: -S stackoverflow.source=dir "
                 "-S stackoverflow.dir=<folder of questions_<tag>_page_NNN.json> "
                 "(e.g. ../shared/corpus/stackexchange)")
-_LIST_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
 _HTML_TAG_RE = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
 _LANG_HINT_RE = re.compile(r"^\s*<!--\s*language(?:-all)?:\s*(?:lang-)?([\w+#.-]+)\s*-->\s*$")
 
@@ -108,125 +113,6 @@ def read_projects(path: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
 
 
 # -------------------------------------------------------------------------------------------- markup
-class _HtmlToMarkdown(HTMLParser):
-    """Stack Overflow post HTML -> markdown: code blocks fenced, inline code, links, lists, quotes kept."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.pre: list[str] | None = None
-        self.pre_lang = ""
-        self.links: list[str] = []
-        self.lists: list[list[int]] = []  # [ordered?, counter]
-        self.quotes: list[int] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if self.pre is not None:
-            if tag == "code":
-                self.pre_lang = _lang_from_class(a.get("class") or "") or self.pre_lang
-            return
-        if tag in ("p", "div", "table"):
-            self.out.append("\n\n")
-        elif tag == "br":
-            self.out.append("\n")
-        elif re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n" + "#" * int(tag[1]) + " ")
-        elif tag == "pre":
-            self.pre, self.pre_lang = [], _lang_from_class(a.get("class") or "")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a":
-            self.links.append(a.get("href") or "")
-            self.out.append("[")
-        elif tag in ("ul", "ol"):
-            self.lists.append([tag == "ol", 0])
-            self.out.append("\n")
-        elif tag == "li":
-            indent = "  " * max(0, len(self.lists) - 1)
-            if self.lists and self.lists[-1][0]:
-                self.lists[-1][1] += 1
-                self.out.append(f"\n{indent}{self.lists[-1][1]}. ")
-            else:
-                self.out.append(f"\n{indent}- ")
-        elif tag == "blockquote":
-            self.out.append("\n\n")
-            self.quotes.append(len(self.out))
-        elif tag == "hr":
-            self.out.append("\n\n---\n\n")
-        elif tag == "img":
-            self.out.append(f"![{a.get('alt') or ''}]({a.get('src') or ''})")
-        elif tag in ("tr",):
-            self.out.append("\n")
-        elif tag in ("td", "th"):
-            self.out.append(" | ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.pre is not None:
-            if tag == "pre":
-                code = "".join(self.pre).strip("\n")
-                self.out.append(f"\n\n```{self.pre_lang}\n{code}\n```\n\n")
-                self.pre = None
-            return
-        if tag in ("p", "div", "table") or re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a" and self.links:
-            href = self.links.pop()
-            self.out.append(f"]({href})" if href else "]")
-        elif tag in ("ul", "ol") and self.lists:
-            self.lists.pop()
-            self.out.append("\n\n")
-        elif tag == "blockquote" and self.quotes:
-            start = self.quotes.pop()
-            inner = _tidy("".join(self.out[start:]))
-            self.out[start:] = ["\n".join("> " + line if line else ">" for line in inner.split("\n")), "\n\n"]
-
-    def handle_data(self, data: str) -> None:
-        if self.pre is not None:
-            self.pre.append(data)
-        else:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
-def _lang_from_class(value: str) -> str:
-    match = re.search(r"(?:lang|language)-([\w+#.-]+)", value)
-    return match.group(1) if match and match.group(1) not in ("none", "default") else ""
-
-
-def _tidy(text: str, keep_indent: bool = False) -> str:
-    """Trim line ends and blank runs outside code fences; code lines (and markdown indents) are kept."""
-    lines, in_fence = [], False
-    for line in text.split("\n"):
-        if line.strip().startswith("```"):
-            in_fence = not in_fence
-            lines.append(line.strip())
-        elif in_fence:
-            lines.append(line.rstrip())
-        else:
-            keep = keep_indent or _LIST_ITEM_RE.match(line)
-            lines.append(line.rstrip() if keep else line.strip())
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-
-
-def html_to_markdown(body: str) -> str:
-    parser = _HtmlToMarkdown()
-    parser.feed(body)
-    parser.close()
-    if parser.pre is not None:  # unclosed <pre>: keep its text as code rather than lose it
-        parser.out.append("\n\n```\n" + "".join(parser.pre).strip("\n") + "\n```\n")
-    return _tidy("".join(parser.out))
-
-
 def markdown_from_api(body_markdown: str) -> str:
     """`body_markdown` is HTML-escaped Stack Overflow markdown; indented code blocks become fenced ones."""
     lines = html.unescape(body_markdown).replace("\r\n", "\n").split("\n")
@@ -258,7 +144,7 @@ def markdown_from_api(body_markdown: str) -> str:
             continue
         out.append(line)
         i += 1
-    return _tidy("\n".join(out), keep_indent=True)
+    return tidy_markdown("\n".join(out), keep_indent=True)
 
 
 def _is_indented(line: str) -> bool:
@@ -270,7 +156,7 @@ def _code_may_start(out: list[str]) -> bool:
     if out and out[-1].strip():
         return False
     previous = next((line for line in reversed(out) if line.strip()), "")
-    return not (_LIST_ITEM_RE.match(previous) or _is_indented(previous))
+    return not (LIST_ITEM_RE.match(previous) or _is_indented(previous))
 
 
 def post_text(post: dict[str, Any]) -> str:
@@ -279,8 +165,51 @@ def post_text(post: dict[str, Any]) -> str:
         return markdown_from_api(str(post["body_markdown"]))
     body = str(post.get("body") or "")
     if not _HTML_TAG_RE.search(body):  # listing excerpts (and the shared corpus) are plain text: keep lines
-        return _tidy(html.unescape(body))
+        return tidy_markdown(html.unescape(body))
     return html_to_markdown(body)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def as_int(value: Any, default: int = 0) -> int:
+    """An API number that may be missing, null, a string or garbage."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def page_problem(data: dict[str, Any]) -> str | None:
+    """Why a saved or fetched page cannot be used (the metrics reason), or None."""
+    if "error_id" in data:
+        return "error_page"
+    if "items" not in data or data["items"] is None:
+        return "items_null"
+    if not isinstance(data["items"], list):
+        return "items_not_list"
+    return None
+
+
+def valid_items(data: dict[str, Any], kind: str, id_key: str, metrics: StageMetrics, where: str) -> list[dict[str, Any]]:
+    """The page's items that are objects with an integer id; every other one is counted under a reason."""
+    items = data.get("items")
+    if not isinstance(items, list):
+        metrics.inc(f"malformed.{kind}_items_null" if items is None else f"malformed.{kind}_items_not_list")
+        return []
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            metrics.inc(f"malformed.{kind}_not_object")
+        elif isinstance(item.get(id_key), bool) or not isinstance(item.get(id_key), int):
+            metrics.inc(f"malformed.{kind}_bad_id")
+        else:
+            out.append(item)
+    if len(out) < len(items):
+        log.warning("%s: %d malformed %s item(s) skipped", where, len(items) - len(out), kind)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- sources
@@ -289,36 +218,95 @@ class ApiSource:
 
     def __init__(self, cfg: dict[str, Any], client: HttpClient, metrics: StageMetrics,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-        self.base = str(cfg.get("api_url") or "").rstrip("/")
-        self.site = str(cfg.get("site") or "stackoverflow")
-        self.filter = str(cfg.get("filter") or "")
-        self.min_question_score = int(cfg.get("min_question_score", 1))
-        self.save_dir = Path(cfg["save_dir"]) if cfg.get("save_dir") else None
+        self.base = str(cfg["api_url"]).rstrip("/")
+        self.site = str(cfg["site"])
+        self.filter = str(cfg["filter"])
+        self.min_question_score = int(cfg["min_question_score"])
+        self.save_dir = Path(cfg["save_dir"]) if cfg["save_dir"] else None
         self.key = os.environ.get("STACKEXCHANGE_KEY", "")
         self.client, self.metrics, self.sleep, self.clock = client, metrics, sleep, clock
         self.not_before: dict[str, float] = {}
         self.stopped = False
         self.last_error = ""  # kind of the last failed call: bad_json pages are skipped, others end a tag
 
+    def saved_page(self, save_as: str | None) -> dict[str, Any] | None:
+        """A page an earlier (killed or finished) run saved: a resumed run reads it instead of calling the API."""
+        if not (self.save_dir and save_as):
+            return None
+        path = resolve_under(self.save_dir, save_as)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(read_regular_file(path).decode("utf-8"))
+        except (ValueError, UnsafePathError, OSError):
+            return None  # broken or odd: fetched again and overwritten
+        if not isinstance(data, dict) or "error_id" in data or not isinstance(data.get("items"), list):
+            return None
+        self.metrics.inc("pages.resumed")
+        return data
+
     def call(self, method: str, path: str, params: dict[str, Any],
              save_as: str | None = None) -> dict[str, Any] | None:
-        """One API request; None when it failed for good (counted) or the quota is spent."""
+        """One API request; None when it failed for good (counted) or the quota is spent.
+
+        An API error (HTTP 400 with an `error_id` body) is read and honoured: throttling and temporary
+        unavailability wait (as long as the API says, up to the client's rate-limit cap) and retry; a throttle
+        longer than the cap stops the run cleanly; other errors end the call, counted by their `error_name`.
+        """
         if self.stopped:
             return None
-        wait = self.not_before.get(method, 0.0) - self.clock()
-        if wait > 0:
-            self.metrics.inc("backoff.waits")
-            self.sleep(wait)
-        query = {**params, "site": self.site}
-        if self.key:
-            query["key"] = self.key  # never logged: HttpClient logs hosts only
-        try:
-            data = self.client.get_json(f"{self.base}/{path}", params=query)
-        except HttpError as exc:
-            self.last_error = exc.kind if exc.kind != "http" else f"http_{exc.status}"
-            log.warning("%s: %s", method, str(exc).split("?")[0])
-            self.metrics.inc(f"errors.{self.last_error}")
-            return None
+        saved = self.saved_page(save_as)
+        if saved is not None:
+            return saved
+        for attempt in range(API_ERROR_RETRIES + 1):
+            wait = self.not_before.get(method, 0.0) - self.clock()
+            if wait > 0:
+                self.metrics.inc("backoff.waits")
+                self.sleep(wait)
+            query = {**params, "site": self.site}
+            if self.key:
+                query["key"] = self.key  # never logged: HttpClient logs hosts only
+            try:
+                data = self.client.get_json(f"{self.base}/{path}", params=query)
+            except HttpError as exc:
+                error = exc.json_body()
+                if isinstance(error, dict) and "error_id" in error:
+                    if self.api_error(method, error, attempt):
+                        continue
+                    return None
+                self.last_error = exc.kind if exc.kind != "http" else f"http_{exc.status}"
+                log.warning("%s: %s", method, str(exc).split("?")[0])
+                self.metrics.inc(f"errors.{self.last_error}")
+                return None
+            return self.accept(method, data, save_as)
+        return None
+
+    def api_error(self, method: str, error: dict[str, Any], attempt: int) -> bool:
+        """Honour one API error body; True when the call should be retried."""
+        name = str(error.get("error_name") or error.get("error_id"))
+        message = str(error.get("error_message") or "")
+        self.metrics.inc(f"errors.api_{name}")
+        self.last_error = f"api_{name}"
+        if error.get("backoff"):
+            self.not_before[method] = self.clock() + min(as_int(error["backoff"]), MAX_BACKOFF_S)
+        if name not in RETRYABLE_API_ERRORS or attempt >= API_ERROR_RETRIES:
+            log.warning("%s: API error %s (%s)", method, name, message[:200])
+            return False
+        found = re.search(r"(\d+)\s*seconds", message)
+        wait = float(found.group(1)) if found else min(60.0, 2.0 ** (attempt + 2))
+        if wait > self.client.max_rate_limit_wait:
+            log.warning("StackExchange %s for %.0fs (over the %.0fs cap): stopping; rerun later (saved pages "
+                        "are reused with stackoverflow.save_dir)", name, wait, self.client.max_rate_limit_wait)
+            self.metrics.inc(f"stopped.{name}")
+            self.stopped = True
+            return False
+        log.warning("%s: API %s; waiting %.0fs and retrying", method, name, wait)
+        self.metrics.inc("throttle.waits")
+        self.sleep(wait)
+        return True
+
+    def accept(self, method: str, data: Any, save_as: str | None) -> dict[str, Any] | None:
+        """Bookkeeping of a 200 answer: backoff, quota, saving the page for replay and resume."""
         if not isinstance(data, dict) or "error_id" in data:
             self.last_error = "api_error"
             log.warning("%s: API error %s", method, data.get("error_name") if isinstance(data, dict) else data)
@@ -327,17 +315,17 @@ class ApiSource:
         self.metrics.inc("requests.ok")
         if data.get("backoff"):
             # The API asks for silence on this method; ignoring it gets the key or IP throttled.
-            self.not_before[method] = self.clock() + float(data["backoff"])
+            self.not_before[method] = self.clock() + min(as_int(data["backoff"]), MAX_BACKOFF_S)
             self.metrics.inc("backoff.received")
         if "quota_remaining" in data:
-            self.metrics.set("quota_remaining", int(data["quota_remaining"]))
-            if int(data["quota_remaining"]) <= 0:
+            self.metrics.set("quota_remaining", as_int(data["quota_remaining"], 1))
+            if as_int(data["quota_remaining"], 1) <= 0:
                 log.warning("StackExchange quota exhausted: stopping after this page; rerun later or set "
                             "STACKEXCHANGE_KEY for a larger quota")
                 self.metrics.inc("stopped.quota_exhausted")
                 self.stopped = True
         if self.save_dir and save_as:
-            write_json(self.save_dir / save_as, data)
+            write_json(resolve_under(self.save_dir, save_as), data)
         return data
 
     def ensure_filter(self) -> None:
@@ -347,10 +335,13 @@ class ApiSource:
         data = self.call("filters/create", "filters/create",
                          {"include": ";".join(FILTER_INCLUDE), "base": "default", "unsafe": "false"})
         items = (data or {}).get("items") or []
-        if not items or not items[0].get("filter"):
+        if not isinstance(items, list) or not items or not isinstance(items[0], dict) or not items[0].get("filter"):
             raise StageError("could not create a StackExchange filter; set stackoverflow.filter (e.g. withbody)")
         self.filter = str(items[0]["filter"])
         log.info("created StackExchange filter %s", self.filter)
+
+    def has_page(self, tag: str, page: int) -> bool:
+        return True  # the API answers any page; malformed pages in a row are bounded by the caller
 
     def known_tags(self, tags: Sequence[str]) -> set[str]:
         known: set[str] = set()
@@ -363,7 +354,8 @@ class ApiSource:
                     break
                 known.update(batch)  # unverifiable (error counted): let the questions call decide
                 continue
-            known.update(str(item.get("name", "")).lower() for item in data.get("items") or [])
+            items = data.get("items") if isinstance(data.get("items"), list) else []
+            known.update(str(item.get("name", "")).lower() for item in items if isinstance(item, dict))
         return known
 
     def questions_page(self, tag: str, page: int, page_size: int) -> dict[str, Any] | None:
@@ -386,7 +378,7 @@ class ApiSource:
                               "pagesize": API_PAGE_SIZE_MAX}, save_as=name)
             if data is None:
                 return out
-            out += data.get("items") or []
+            out += valid_items(data, "answer_page", "question_id", self.metrics, name)
             if not data.get("has_more"):
                 return out
             apage += 1
@@ -405,8 +397,8 @@ class DirSource:
 
     def _load(self, path: Path) -> dict[str, Any] | None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(read_regular_file(path, follow_symlinks=True).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, UnsafePathError, OSError) as exc:
             log.warning("%s: malformed JSON (%s); skipped", path, exc)
             self.metrics.inc("errors.bad_json")
             self.last_error = "bad_json"
@@ -421,21 +413,26 @@ class DirSource:
     def known_tags(self, tags: Sequence[str]) -> set[str]:
         return {t for t in tags if (self.dir / f"questions_{t}_page_001.json").is_file()}
 
+    def has_page(self, tag: str, page: int) -> bool:
+        return (self.dir / f"questions_{tag}_page_{page:03d}.json").is_file()  # tags are checked by TAG_RE
+
     def questions_page(self, tag: str, page: int, page_size: int) -> dict[str, Any] | None:
-        path = self.dir / f"questions_{tag}_page_{page:03d}.json"
-        if not path.is_file():
+        if not self.has_page(tag, page):
             return {"items": [], "has_more": False}
-        data = self._load(path)
-        if data is not None and not (self.dir / f"questions_{tag}_page_{page + 1:03d}.json").is_file():
-            data["has_more"] = False  # a saved run may have been cut short: the files are the truth
+        data = self._load(self.dir / f"questions_{tag}_page_{page:03d}.json")
+        if data is not None and page_problem(data) is None:
+            data["has_more"] = self.has_page(tag, page + 1)  # a saved run may have been cut short: files are the truth
         return data
 
     def answers(self, tag: str, page: int, question_ids: Sequence[int]) -> list[dict[str, Any]]:
         if tag not in self._answers:
             index: dict[int, list[dict[str, Any]]] = {}
             for path in sorted(self.dir.glob(f"answers_{tag}_page_*.json")):
-                for item in (self._load(path) or {}).get("items") or []:
-                    index.setdefault(int(item.get("question_id", -1)), []).append(item)
+                data = self._load(path)
+                if data is None:
+                    continue
+                for item in valid_items(data, "answer_page", "question_id", self.metrics, str(path)):
+                    index.setdefault(int(item["question_id"]), []).append(item)
             self._answers[tag] = index
         return [a for qid in question_ids for a in self._answers[tag].get(int(qid), [])]
 
@@ -444,9 +441,9 @@ class DirSource:
 def pick_answers(answers: Sequence[dict[str, Any]], min_score: int, limit: int,
                  metrics: StageMetrics) -> list[dict[str, Any]]:
     """Accepted answer first, then by score; low-scored and surplus answers are counted, not kept."""
-    good = [a for a in answers if int(a.get("score") or 0) >= min_score]
+    good = [a for a in answers if as_int(a.get("score")) >= min_score]
     metrics.inc("dropped.low_answer_score", len(answers) - len(good))
-    good.sort(key=lambda a: (not a.get("is_accepted"), -int(a.get("score") or 0), int(a.get("answer_id") or 0)))
+    good.sort(key=lambda a: (not a.get("is_accepted"), -as_int(a.get("score")), as_int(a.get("answer_id"))))
     metrics.inc("dropped.extra_answers", max(0, len(good) - limit))
     return good[:limit]
 
@@ -463,12 +460,13 @@ def make_pairs(project: str, question: dict[str, Any], answers: Sequence[dict[st
         if not q_text or not a_text:
             metrics.inc("dropped.empty")
             continue
-        owner = ans.get("owner") or {}
+        owner = ans.get("owner") if isinstance(ans.get("owner"), dict) else {}
         out.append({
             "qa_id": stable_id("stackoverflow", site, str(question.get("question_id")), str(ans.get("answer_id"))),
             "question": q_text, "answer": a_text, "project": project, "url": url,
-            "score": int(ans.get("score") or 0), "is_accepted": bool(ans.get("is_accepted")),
-            "tags": list(question.get("tags") or []),
+            "score": as_int(ans.get("score")), "is_accepted": bool(ans.get("is_accepted")),
+            "tags": [str(t) for t in question.get("tags") or [] if isinstance(t, str)]
+            if isinstance(question.get("tags"), list) else [],
             "author": html.unescape(str(owner.get("display_name") or "unknown")),
             "license": str(ans.get("content_license") or LICENSE),
         })
@@ -478,39 +476,52 @@ def make_pairs(project: str, question: dict[str, Any], answers: Sequence[dict[st
 def collect_tag(source: ApiSource | DirSource, project: str, tag: str, cfg: dict[str, Any],
                 metrics: StageMetrics) -> tuple[list[dict[str, Any]], int]:
     """All pairs of one tag (and how many questions it listed): paginate, fetch missing answers, pick."""
-    page_size = max(1, min(API_PAGE_SIZE_MAX, int(cfg.get("page_size", 100))))
-    max_questions = int(cfg.get("max_questions_per_tag", 300))
-    min_q, min_a = int(cfg.get("min_question_score", 1)), int(cfg.get("min_answer_score", 1))
-    per_question = int(cfg.get("max_answers_per_question", 1))
-    site = str(cfg.get("site") or "stackoverflow")
+    page_size = max(1, min(API_PAGE_SIZE_MAX, int(cfg["page_size"])))
+    max_questions = int(cfg["max_questions_per_tag"])
+    min_q, min_a = int(cfg["min_question_score"]), int(cfg["min_answer_score"])
+    per_question = int(cfg["max_answers_per_question"])
+    site = str(cfg["site"])
     pairs: list[dict[str, Any]] = []
     seen = 0
     page = 1
+    bad_pages = 0
     while seen < max_questions and not source.stopped:
         data = source.questions_page(tag, page, page_size)
-        if data is None:  # counted already; a malformed page is skipped, any other failure ends this tag
+        problem = "unreadable" if data is None else page_problem(data)
+        if problem is not None:
+            # counted (bad JSON and API errors by the source; the page's shape here); the next page is tried
+            # while there is one, a failed request other than bad JSON ends this tag (no hammering)
+            if data is not None:
+                log.warning("%s [%s] page %d: %s; skipped", project, tag, page, problem.replace("_", " "))
+                metrics.inc(f"malformed.{problem}")
+            bad_pages += 1
             page += 1
-            if source.last_error != "bad_json" or page > max_questions // page_size + 2:
+            ends_tag = data is None and isinstance(source, ApiSource) and source.last_error != "bad_json"
+            if ends_tag or bad_pages > MAX_BAD_PAGES or not source.has_page(tag, page):
                 break
             continue
-        items = (data.get("items") or [])[: max_questions - seen]
+        items = valid_items(data, "question", "question_id", metrics, f"{tag} page {page}")[: max_questions - seen]
+        bad_pages = 0 if items else bad_pages + 1  # empty pages that claim more are bounded like broken ones
         seen += len(items)
         metrics.inc("questions.seen", len(items))
-        wanted = [q for q in items if int(q.get("score") or 0) >= min_q]
+        wanted = [q for q in items if as_int(q.get("score")) >= min_q]
         metrics.inc("dropped.low_question_score", len(items) - len(wanted))
-        missing = [int(q["question_id"]) for q in wanted
-                   if "answers" not in q and int(q.get("answer_count") or 0) > 0 and "question_id" in q]
+        missing = [int(q["question_id"]) for q in wanted if "answers" not in q and as_int(q.get("answer_count")) > 0]
         fetched: dict[int, list[dict[str, Any]]] = {}
         if missing:
             for ans in source.answers(tag, page, missing):
-                fetched.setdefault(int(ans.get("question_id", -1)), []).append(ans)
+                fetched.setdefault(int(ans["question_id"]), []).append(ans)
         for q in wanted:
-            answers = q.get("answers") if "answers" in q else fetched.get(int(q.get("question_id", -1)), [])
+            answers = q.get("answers") if "answers" in q else fetched.get(int(q["question_id"]), [])
+            if not isinstance(answers, list):
+                metrics.inc("malformed.answers_not_list")
+                answers = []
+            answers = [a for a in answers if isinstance(a, dict)]
             if not answers:
                 metrics.inc("dropped.no_answers")
                 continue
             pairs += make_pairs(project, q, pick_answers(answers, min_a, per_question, metrics), site, metrics)
-        if not data.get("has_more") or not items:
+        if not data.get("has_more") or bad_pages > MAX_BAD_PAGES:
             break
         page += 1
     log.info("%s [%s]: %d questions, %d pairs", project, tag, seen, len(pairs))
@@ -526,10 +537,16 @@ def collect(source: ApiSource | DirSource, tags_by_project: dict[str, list[str]]
     """
     all_tags = sorted({t for tags in tags_by_project.values() for t in tags})
     metrics.inc("tags.requested", len(all_tags))
+    invalid = [t for t in all_tags if not TAG_RE.fullmatch(t)]
+    if invalid:
+        log.warning("not StackExchange tag names (skipped): %s", ", ".join(repr(t) for t in invalid[:5]))
+        metrics.inc("dropped.invalid_tag", len(invalid))
+        all_tags = [t for t in all_tags if t not in invalid]
+        tags_by_project = {p: [t for t in tags if t not in invalid] for p, tags in tags_by_project.items()}
     known = source.known_tags(all_tags) if all_tags else set()
     for tag in all_tags:
         if tag not in known:
-            log.info("tag %r is not a %s tag; skipped", tag, cfg.get("site", "stackoverflow"))
+            log.info("tag %r is not a %s tag; skipped", tag, cfg["site"])
             metrics.inc("dropped.unknown_tag")
     fetched: dict[str, tuple[list[dict[str, Any]], int]] = {}
     candidates: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
@@ -555,14 +572,14 @@ def collect(source: ApiSource | DirSource, tags_by_project: dict[str, list[str]]
 def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient | None = None,
                 sleep: Callable[[float], None] = time.sleep,
                 clock: Callable[[], float] = time.monotonic) -> ApiSource | DirSource:
-    kind = str(cfg.get("source") or "api")
+    kind = str(cfg["source"])
     if kind == "dir":
         if not cfg.get("dir"):
             raise StageError("stackoverflow.source=dir needs -S stackoverflow.dir=<folder of saved API pages>")
         return DirSource(Path(str(cfg["dir"])), metrics)
     if kind != "api":
         raise StageError(f"stackoverflow.source must be api or dir, not {kind!r}")
-    client = client or HttpClient(timeout=float(cfg.get("timeout", 30)), max_retries=int(cfg.get("max_retries", 5)),
+    client = client or HttpClient(timeout=float(cfg["timeout"]), max_retries=int(cfg["max_retries"]),
                                   offline_hint=OFFLINE_HINT, sleep=sleep)
     return ApiSource(cfg, client, metrics, sleep=sleep, clock=clock)
 
@@ -570,7 +587,7 @@ def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient |
 def run(projects_path: Path, out_path: Path, cfg: dict[str, Any], metrics: StageMetrics,
         source: ApiSource | DirSource | None = None) -> list[dict[str, Any]]:
     """The whole stage on explicit paths; tests pass a source wired to the fake API."""
-    tags_by_project = project_tags(read_projects(projects_path, metrics), dict(cfg.get("tags") or {}))
+    tags_by_project = project_tags(read_projects(projects_path, metrics), dict(cfg["tags"]))
     metrics.inc("in.projects", len(tags_by_project))
     source = source or make_source(cfg, metrics)
     pairs = collect(source, tags_by_project, cfg, metrics)
@@ -586,9 +603,10 @@ def run(projects_path: Path, out_path: Path, cfg: dict[str, Any], metrics: Stage
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    cfg = load_params("stackoverflow", args.params)
+    cfg = load_stage_params("stackoverflow", StackOverflowParams, args.params).model_dump()
     metrics = StageMetrics("stackoverflow")
-    pairs = run(PROJECTS_PATH, OUT_PATH, cfg, metrics)
+    with recorded_failure(metrics):
+        pairs = run(PROJECTS_PATH, OUT_PATH, cfg, metrics)
     metrics.write()
     log.info("stackoverflow: %d pairs -> %s", len(pairs), OUT_PATH)
 

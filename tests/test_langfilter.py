@@ -114,7 +114,7 @@ def test_main_missing_input_is_one_line_error(tmp_path: Path, monkeypatch: pytes
     from stages.common.cli import run_cli
 
     (tmp_path / "params.yaml").write_text("langfilter:\n  languages: [en]\n  min_confidence: 0.5\n"
-                                          "  min_words: 15\n  workers: 1\n")
+                                          "  min_words: 15\n  workers: 1\n  inherit_below: 0.95\n  ground_truth: \"\"\n")
     monkeypatch.chdir(tmp_path)
     assert run_cli(langfilter.main, []) == 1
     err = capfd.readouterr().err

@@ -59,8 +59,13 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, repo_root, env) -> Path:
-    return copy_project(repo_root, tmp_path_factory.mktemp("project"), env)
+def project(tmp_path_factory, repo_root, corpus, env) -> Path:
+    dst = copy_project(repo_root, tmp_path_factory.mktemp("project"), env)
+    shared = dst.parent / "shared"  # params.yaml reads ../shared/corpus, as on a fresh clone beside ../shared
+    if not shared.exists():
+        shared.mkdir()
+        (shared / "corpus").symlink_to(corpus, target_is_directory=True)
+    return dst
 
 
 def test_data_stages_reproduce_incrementally(project, corpus, env):

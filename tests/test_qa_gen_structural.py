@@ -279,7 +279,8 @@ def corpus_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     params_path = root / "params.yaml"
     import yaml
 
-    params_path.write_text(yaml.safe_dump({"qa_gen": PARAMS}), encoding="utf-8")
+    repo_params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["qa_gen"]
+    params_path.write_text(yaml.safe_dump({"qa_gen": {**repo_params, **PARAMS}}), encoding="utf-8")
     args = [
         "--params",
         str(params_path),

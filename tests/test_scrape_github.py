@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -331,7 +332,7 @@ def test_offline_stops_fast_with_one_line(unreachable: str, repo_root: Path, tmp
     if unreachable == "github_api":
         landscape = str(tmp_path / "landscape.yml")
         (tmp_path / "landscape.yml").write_text(LANDSCAPE)
-    params["scrape"].update(landscape_url=landscape, cache_dir=str(tmp_path / "c"))
+    params["scrape"].update(source="github", landscape_url=landscape, cache_dir=str(tmp_path / "c"))
     params["scrape"]["github"]["api_url"] = f"http://127.0.0.1:{port}"
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
@@ -362,8 +363,8 @@ def test_github_and_mirror_agree_on_corpus_trees(corpus: Path, repo_root: Path, 
         run(params, tmp_path / "gh")
     mirror = tmp_path / "mirror"
     mirror.mkdir()
-    for name in names:
-        (mirror / name).symlink_to(corpus / "repos" / name, target_is_directory=True)
+    for name in names:  # copied: a mirror tree that is a symlink is refused (it could point anywhere)
+        shutil.copytree(corpus / "repos" / name, mirror / name, symlinks=True)
     run(dict(params, source="mirror", mirror_dir=str(mirror)), tmp_path / "mi")
     gh = {(r["repo"], r["path"]): r["sha256"] for r in read_jsonl(tmp_path / "gh" / "manifest.jsonl")
           if r["repo"].replace("/", "__") in names}

@@ -46,7 +46,7 @@ def site() -> Iterator[tuple[str, list[str]]]:
 
 def web_params(**web: object) -> dict:
     defaults = {"enabled": True, "max_depth": 2, "max_pages": 50, "download_delay": 0, "autothrottle": False,
-                "http_cache": True}
+                "http_cache": True, "timeout": 30, "crawl_timeout": 600}
     return {"web": {**defaults, **web}}
 
 

@@ -268,7 +268,7 @@ def test_offline_is_one_line_naming_the_replay_option(tmp_path: Path, repo_root:
                                                       capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["stackoverflow"]["api_url"] = "http://127.0.0.1:9/2.3"  # nothing listens on the discard port
+    params["stackoverflow"].update(source="api", api_url="http://127.0.0.1:9/2.3")  # nothing listens on port 9
     Path("params.yaml").write_text(yaml.safe_dump(params))
     write_jsonl(Path("data/scrape/projects.jsonl"), PROJECTS[:1])
     assert run_cli(S.main, []) == 1

@@ -16,7 +16,7 @@ from stages.unify.pipeline import convert_markdown, unify
 from tests.helpers_scrape_fixture import scrape_from_corpus, scrape_from_files
 
 PARAMS = {"chunk_max_words": 60, "chunk_min_words": 10, "max_file_bytes": 1_000_000, "pdf_max_pages": 50,
-          "workers": 1}
+          "workers": 1, "file_timeout_s": 60}
 
 
 def read(path: Path) -> list[dict]:
@@ -227,7 +227,7 @@ def test_unify_is_deterministic_and_independent_of_workers(tmp_path: Path, corpu
 def test_main_writes_outputs_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scrape_from_files(tmp_path / "data" / "scrape", {"a.md": b"# A\n\nSome text about Kubernetes pods.\n"})
     (tmp_path / "params.yaml").write_text("unify:\n  chunk_max_words: 300\n  chunk_min_words: 30\n"
-                                          "  max_file_bytes: 1000000\n  pdf_max_pages: 10\n  workers: 1\n")
+                                          "  max_file_bytes: 1000000\n  pdf_max_pages: 10\n  workers: 1\n  file_timeout_s: 60\n")
     monkeypatch.chdir(tmp_path)
     main([])
     assert len(read(tmp_path / "data" / "unify" / "chunks.jsonl")) == 1
@@ -240,7 +240,7 @@ def test_missing_manifest_and_bad_params_are_one_line_errors(tmp_path: Path, mon
     from stages.common.cli import run_cli
 
     (tmp_path / "params.yaml").write_text("unify:\n  chunk_max_words: 300\n  chunk_min_words: 30\n"
-                                          "  max_file_bytes: 1000000\n  pdf_max_pages: 10\n  workers: 1\n")
+                                          "  max_file_bytes: 1000000\n  pdf_max_pages: 10\n  workers: 1\n  file_timeout_s: 60\n")
     monkeypatch.chdir(tmp_path)
     assert run_cli(main, []) == 1
     err = capfd.readouterr().err

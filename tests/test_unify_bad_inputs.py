@@ -19,7 +19,7 @@ from stages.unify.pipeline import unify
 from tests.helpers_scrape_fixture import scrape_from_files
 
 PARAMS = {"chunk_max_words": 300, "chunk_min_words": 30, "max_file_bytes": 50_000, "pdf_max_pages": 20,
-          "workers": 1}
+          "workers": 1, "file_timeout_s": 60}
 
 BILLION_LAUGHS = (
     'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'

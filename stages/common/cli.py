@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from stages.common.params import ParamsError
 
@@ -35,8 +39,29 @@ def stage_parser(description: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+LIBRARY_CACHES = {"MPLCONFIGDIR": ".cache/matplotlib"}  # matplotlib's font cache would land in ~/.cache
+
+
+def contain_library_caches() -> None:
+    """Point library caches that default to HOME at folders under the project's .cache/ (unless set)."""
+    for variable, folder in LIBRARY_CACHES.items():
+        if not os.environ.get(variable):
+            os.environ[variable] = str(Path(folder).resolve())
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a stage's main; user-fixable errors become one clear line and exit code 1."""
+    """Run a stage's main; user-fixable errors become one clear line and exit code 1.
+
+    SIGTERM (`kill`, a CI timeout) unwinds like Ctrl-C, so process pools are terminated by their `with` blocks
+    instead of being left behind as orphans.
+    """
+    with contextlib.suppress(ValueError):  # not the main thread (a test calling run_cli): leave signals alone
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    contain_library_caches()
     try:
         main(argv)
     except (StageError, ParamsError) as exc:

@@ -7,6 +7,7 @@ those, plus a fast, clear failure when the machine is offline, and no token ever
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -22,15 +23,24 @@ from stages.common.cli import StageError
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = {500, 502, 503, 504}
+ERROR_BODY_BYTES = 1 << 16
 
 
 class HttpError(Exception):
     """A request that failed for good (after retries) or cannot succeed (404, too large)."""
 
-    def __init__(self, message: str, status: int | None = None, kind: str = "http") -> None:
+    def __init__(self, message: str, status: int | None = None, kind: str = "http", body: bytes = b"") -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.body = body  # the first bytes of an error response: APIs explain themselves there
+
+    def json_body(self) -> Any:
+        """The error body as JSON (StackExchange's `error_id`, GitHub's `message`), or None."""
+        try:
+            return json.loads(self.body.decode("utf-8", errors="replace")) if self.body else None
+        except ValueError:
+            return None
 
 
 class OfflineError(StageError):
@@ -108,8 +118,9 @@ class HttpClient:
                 continue
             if status >= 400:
                 self._count(f"errors.http_{status}")
+                body = _read_error_body(resp)
                 resp.close()
-                raise HttpError(f"HTTP {status} for {url}", status)
+                raise HttpError(f"HTTP {status} for {url}", status, body=body)
             try:
                 body = _read_body(resp, max_bytes)
             except HttpError:
@@ -172,6 +183,21 @@ def _rate_limit_wait(resp: requests.Response, fallback: float) -> float:
         except ValueError:
             return fallback
     return fallback
+
+
+def _read_error_body(resp: requests.Response, limit: int = ERROR_BODY_BYTES) -> bytes:
+    """Up to `limit` bytes of an error response; a body that breaks off is returned as far as it came."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in resp.iter_content(chunk_size=1 << 14):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= limit:
+                break
+    except (requests.RequestException, ConnectionError):
+        pass
+    return b"".join(chunks)[:limit]
 
 
 def _read_body(resp: requests.Response, max_bytes: int | None) -> bytes:

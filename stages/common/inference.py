@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 Conversation = str | Sequence[dict[str, str]]
 
 
+class StreamCancelled(Exception):
+    """Raised inside generate() by the streamer once the reader of a stream is gone."""
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     max_new_tokens: int = 256
@@ -225,16 +229,28 @@ class Assistant:
         return [to_sources(h) for h in hits]
 
     def stream(self, conversation: Conversation, *, closed_book: bool = False, k: int | None = None,
-               options: GenerationOptions | None = None) -> Iterator[str | Answer]:
-        """Text deltas as the model writes them, then the final Answer."""
+               options: GenerationOptions | None = None, cancel: threading.Event | None = None
+               ) -> Iterator[str | Answer]:
+        """Text deltas as the model writes them, then the final Answer.
+
+        Setting `cancel` (or closing the generator: a client that went away) ends `generate` at the next token
+        instead of letting it run to max_new_tokens while it holds the model; StreamCancelled is raised then."""
         from transformers import TextIteratorStreamer
 
         options = options or self.default_options()
-        question = normalise_conversation(conversation)[-1]["content"]
-        sources = [] if closed_book else self.retrieve(question, k)
-        prompt = self.build_prompt(conversation, sources)
+        cancel = cancel or threading.Event()
+        messages = normalise_conversation(conversation)
+        sources = [] if closed_book else self.retrieve(messages[-1]["content"], k)
+        prompt = self.build_prompt(messages, sources)
         encoded = self._encode([prompt])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        class Streamer(TextIteratorStreamer):
+            def put(self, value: Any) -> None:
+                if cancel.is_set():
+                    raise StreamCancelled()
+                super().put(value)
+
+        streamer = Streamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
         result: dict[str, Any] = {}
 
         def run() -> None:
@@ -243,26 +259,32 @@ class Assistant:
                     result["out"] = self._generate_tensors(encoded, options, streamer=streamer)
             except BaseException as exc:  # surfaced in the caller's thread below
                 result["error"] = exc
+            finally:
                 streamer.end()
 
-        thread = threading.Thread(target=run, daemon=True)
+        thread = threading.Thread(target=run, name="stream-generate", daemon=True)
         thread.start()
         emitted = ""
-        for delta in streamer:
-            cut = _cut_at_stop(emitted + delta, options.stop)
-            if cut is not None:
-                if len(cut) > len(emitted):
-                    yield cut[len(emitted):]
-                emitted = cut
-                break
-            emitted += delta
-            if delta:
-                yield delta
-        thread.join()
+        try:
+            for delta in streamer:
+                cut = _cut_at_stop(emitted + delta, options.stop)
+                if cut is not None:
+                    if len(cut) > len(emitted):
+                        yield cut[len(emitted):]
+                    emitted = cut
+                    break
+                emitted += delta
+                if delta:
+                    yield delta
+        except GeneratorExit:  # the consumer went away: end generate at the next token
+            cancel.set()
+            thread.join()
+            raise
+        thread.join()  # a stop string ends generate by itself (GenerationConfig.stop_strings)
         if "error" in result:
             raise result["error"]
         text, n_in, n_out, finish = self._decode(encoded, result["out"], options)[0]
-        yield Answer(text=text, sources=sources, closed_book=closed_book, prompt_tokens=n_in,
+        yield Answer(text=text, sources=list(sources), closed_book=closed_book, prompt_tokens=n_in,
                      completion_tokens=n_out, finish_reason=finish)
 
     def default_options(self) -> GenerationOptions:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,19 @@ def _nested_set(tree: dict[str, Any], dotted: str, value: Any) -> None:
         node[leaf]["total"] = value
     else:
         node[leaf] = value
+
+
+@contextlib.contextmanager
+def recorded_failure(metrics: StageMetrics, path: str | Path | None = None) -> Iterator[StageMetrics]:
+    """Write the stage's metrics, with the error, when the block fails; then let the error go on.
+
+    Outputs are written atomically at the end of each stage, so a failure inside the block leaves the previous
+    run's outputs as they were; the metrics file says what happened and how far the run got.
+    """
+    try:
+        yield metrics
+    except BaseException as exc:
+        message = " ".join(str(exc).split())[:500] or type(exc).__name__
+        metrics.set("failed", {"error": type(exc).__name__, "message": message})
+        metrics.write(path)
+        raise

@@ -8,7 +8,7 @@ from typing import Any
 
 import stages.ner
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.params import load_params
+from stages.common.schema import NerParams, load_stage_params
 from stages.ner.pipeline import run_ner
 
 
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--graph-png", default="metrics/ner_graph.png")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("ner", args.params)
+    params = load_stage_params("ner", NerParams, args.params).model_dump()
     if not Path(args.landscape).is_file():
         raise StageError(f"landscape file not found: {args.landscape} (run the scrape stage first)")
     return run_ner(Path(args.chunks), Path(args.projects), Path(args.landscape), Path(args.out_dir), params,

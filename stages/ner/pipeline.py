@@ -9,7 +9,7 @@ from typing import Any
 
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, read_jsonl, write_jsonl
-from stages.common.metrics import StageMetrics
+from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
 from stages.ner.extract import EntityExtractor
 from stages.ner.gazetteer import WordStats, build_gazetteer, manifest_kinds
@@ -60,12 +60,20 @@ def read_projects(path: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
 def run_ner(chunks_path: Path, projects_path: Path, landscape_path: Path, out_dir: Path, params: dict[str, Any],
             gold_path: Path | None = None, metrics_path: Path | None = None,
             png_path: Path | None = None) -> dict[str, Any]:
-    """The whole stage on explicit paths; returns the metrics dict it wrote."""
+    """The whole stage on explicit paths; returns the metrics dict it wrote (with the error, when it fails)."""
     metrics = StageMetrics("ner")
-    ambiguous_names = list(params.get("ambiguous_names") or [])
-    min_cooc = int(params.get("min_cooccurrence", 3))
-    max_per_type = int(params.get("max_relations_per_type", 0))
-    batch_size = int(params.get("batch_size", 256))
+    with recorded_failure(metrics, metrics_path):
+        return _run_ner(metrics, chunks_path, projects_path, landscape_path, out_dir, params, gold_path,
+                        metrics_path, png_path)
+
+
+def _run_ner(metrics: StageMetrics, chunks_path: Path, projects_path: Path, landscape_path: Path, out_dir: Path,
+             params: dict[str, Any], gold_path: Path | None, metrics_path: Path | None,
+             png_path: Path | None) -> dict[str, Any]:
+    ambiguous_names = list(params["ambiguous_names"])
+    min_cooc = int(params["min_cooccurrence"])
+    max_per_type = int(params["max_relations_per_type"])
+    batch_size = int(params["batch_size"])
 
     items = load_landscape(landscape_path)
     chunks = read_chunks(chunks_path, metrics)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from stages.common.cli import run_cli, setup_logging, stage_parser
 from stages.common.jsonl import write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
+from stages.common.schema import QaGenParams, load_stage_params
 from stages.qa_gen import generate_pairs, load_chunks, load_optional
 
 log = logging.getLogger(__name__)
@@ -28,16 +28,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/qa_gen.json", type=Path)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("qa_gen", args.params)
+    params = load_stage_params("qa_gen", QaGenParams, args.params).model_dump()
 
     metrics = StageMetrics("qa_gen")
-    chunks = load_chunks(args.chunks, metrics)
-    projects = load_optional(args.projects, metrics, "projects")
-    entities = load_optional(args.ner_dir / "entities.jsonl", metrics, "ner_entities")
-    relations = load_optional(args.ner_dir / "relations.jsonl", metrics, "ner_relations")
-    records = generate_pairs(chunks, projects, entities, relations, params, metrics)
-    n = write_jsonl(args.out, records)
-    metrics.set("generators", list(params.get("generators") or []))
+    with recorded_failure(metrics, args.metrics):
+        chunks = load_chunks(args.chunks, metrics)
+        projects = load_optional(args.projects, metrics, "projects")
+        entities = load_optional(args.ner_dir / "entities.jsonl", metrics, "ner_entities")
+        relations = load_optional(args.ner_dir / "relations.jsonl", metrics, "ner_relations")
+        records = generate_pairs(chunks, projects, entities, relations, params, metrics)
+        n = write_jsonl(args.out, records)
+    metrics.set("generators", list(params["generators"]))
     metrics.set("chunks_per_second", round(len(chunks) / max(metrics.elapsed, 1e-9), 1))
     metrics.write(args.metrics)
     log.info("wrote %d pairs to %s (%.1fs)", n, args.out, metrics.elapsed)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from stages.common.text import drop_html_comments, fenced_lines, split_fences
+
 
 def wordset(text: str) -> frozenset[str]:
     """A set of words written as one readable block of text."""
@@ -23,20 +25,22 @@ there these they this those through to too under until up upon us very via was w
 who whom why will with within without would you your yours e.g i.e etc
 """)
 
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_TOOLTIP = re.compile(r"\{\{[<%]\s*glossary_tooltip\s+[^}]*?text=\"([^\"]*)\"[^}]*?[%>]\}\}")
-_SHORTCODE = re.compile(r"\{\{[<%].*?[%>]\}\}", re.S)
+# Repeats are bounded (no real shortcode, link or label is longer): unbounded ones rescanned the rest of the text
+# from every unclosed opener, quadratic on hostile chunks (seconds per 40 KB).
+_TOOLTIP = re.compile(r"\{\{[<%]\s*glossary_tooltip\s+[^}]{0,500}?text=\"([^\"]{0,500})\"[^}]{0,500}?[%>]\}\}")
+_SHORTCODE = re.compile(r"\{\{[<%].{0,500}?[%>]\}\}", re.S)
 _GITBOOK_TAG = re.compile(
-    r"\{%-?\s*(?:end)?(?:hint|tabs|tab|code|content-ref|embed|raw|include)\b.*?-?%\}", re.S
+    r"\{%-?\s*(?:end)?(?:hint|tabs|tab|code|content-ref|embed|raw|include)\b.{0,500}?-?%\}", re.S
 )
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]*)\]\((?:[^()]|\([^)]*\))*\)")
-_REF_LINK = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-_LINK_DEF = re.compile(r"^\s*\[[^\]]+\]:\s*\S+.*$", re.M)
+_IMAGE = re.compile(r"!\[[^\]]{0,500}\]\([^)]{0,2000}\)")
+_LINK = re.compile(r"\[([^\]]{0,500})\]\((?:[^()]|\([^()]{0,200}\)){0,2000}\)")
+_REF_LINK = re.compile(r"\[([^\]]{1,500})\]\[[^\]]{0,200}\]")
+_LINK_DEF = re.compile(r"^\s{0,200}\[[^\]]{1,500}\]:\s{0,200}\S+.*$", re.M)
+_FOOTNOTE_REF = re.compile(r"\[\^[^\]\n]{1,200}\]")
+_AUTOLINK = re.compile(r"<(https?://[^>\s]{1,2000})>")
 _INLINE_CODE = re.compile(r"(`[^`\n]+`)")
 _HTML_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>")
-_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.{1,500}?)(?<=\S)\1")
 _ITALIC = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])([^*_\n]+?)(?<=[^\s*_])\1(?![\w*])")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
 _ADMONITION = re.compile(r"^\s*(?:!!!|\?\?\?\+?|:::)\s*\w*.*$")
@@ -62,37 +66,13 @@ def content_words(text: str) -> list[str]:
 def split_blocks(text: str) -> list[tuple[str, str]]:
     """Split markdown into ('code', block) and ('text', paragraph) blocks; fences stay whole."""
     blocks: list[tuple[str, str]] = []
-    buf: list[str] = []
-    in_code = False
-    fence = ""
-
-    def flush(kind: str) -> None:
-        if buf and "".join(buf).strip():
-            blocks.append((kind, "\n".join(buf).strip("\n")))
-        buf.clear()
-
-    for line in text.splitlines():
-        m = _FENCE.match(line)
-        if in_code:
-            buf.append(line)
-            if m and m.group(1) == fence and line.strip() == fence:
-                flush("code")
-                in_code = False
+    for is_code, segment in split_fences(text.replace("\r\n", "\n").replace("\r", "\n")):
+        if is_code:  # an unclosed fence (chunk cut mid-block) is still code, never prose: it is closed
+            blocks.append(("code", "\n".join(fenced_lines(segment, trim_fences=False)).strip("\n")))
             continue
-        if m:
-            flush("text")
-            in_code, fence = True, m.group(1)
-            buf.append(line)
-            continue
-        if not line.strip():
-            flush("text")
-        else:
-            buf.append(line)
-    if in_code:  # an unclosed fence (chunk cut mid-block) is still code, never prose
-        buf.append(fence)
-        flush("code")
-    else:
-        flush("text")
+        for paragraph in re.split(r"\n[ \t]*\n", segment):
+            if paragraph.strip():
+                blocks.append(("text", paragraph.strip("\n")))
     return blocks
 
 
@@ -103,7 +83,7 @@ def drop_headings(block: str) -> str:
 
 def clean_inline(text: str) -> str:
     """Markdown/HTML prose -> plain prose that keeps inline `code`, link text and list markers."""
-    text = _HTML_COMMENT.sub(" ", text)
+    text = drop_html_comments(text, " ")
     text = re.sub(r"\[!(?:NOTE|TIP|IMPORTANT|WARNING|CAUTION)\]\s*", "", text)
     text = _TOOLTIP.sub(r"\1", text)
     text = _SHORTCODE.sub(" ", text)
@@ -112,8 +92,8 @@ def clean_inline(text: str) -> str:
     text = _LINK.sub(r"\1", text)
     text = _REF_LINK.sub(r"\1", text)
     text = _LINK_DEF.sub(" ", text)
-    text = re.sub(r"\[\^[^\]]+\]", "", text)  # footnote references
-    text = re.sub(r"<(https?://[^>\s]+)>", r"\1", text)  # autolinks keep their URL
+    text = _FOOTNOTE_REF.sub("", text)  # footnote references
+    text = _AUTOLINK.sub(r"\1", text)  # autolinks keep their URL
     # Inline code keeps its text as written: `<pod-name>` is a placeholder, not an HTML tag.
     parts = _INLINE_CODE.split(text)
     for i in range(0, len(parts), 2):

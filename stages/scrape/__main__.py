@@ -8,16 +8,17 @@ metrics/scrape.json. Sources: `github` (live API, cached per repo@commit under s
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import atomic_write, write_jsonl
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.jsonl import dumps
+from stages.common.metrics import StageMetrics, recorded_failure
+from stages.common.schema import ScrapeParams, load_stage_params
 from stages.scrape.landscape import is_url, load_landscape_bytes, make_client, parse_items, select_projects
-from stages.scrape.store import RepoSnapshot, materialize
+from stages.scrape.store import RepoSnapshot, materialize, publish
 
 log = logging.getLogger(__name__)
 
@@ -26,38 +27,39 @@ SOURCES = ("github", "mirror")
 
 def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> list[dict[str, Any]]:
     """The whole stage as one call: returns the manifest records it wrote."""
-    source = params.get("source", "github")
+    source = params["source"]
     if source not in SOURCES:
         raise StageError(f"scrape.source must be one of {', '.join(SOURCES)}, not {source!r}")
     out_dir = Path(out_dir)
-    location = str(params.get("landscape_url") or "")
+    location = str(params["landscape_url"])
     landscape = load_landscape_bytes(location, make_client(params) if is_url(location) else None)
     projects = select_projects(parse_items(landscape), params)
     metrics.inc("projects.selected", len(projects))
     log.info("selected %d projects from %s", len(projects), location)
-    write_jsonl(out_dir / "projects.jsonl", projects)
-    with atomic_write(out_dir / "landscape.yml", mode="wb", encoding=None) as fh:
-        fh.write(landscape)
 
-    cache_dir = Path(params.get("cache_dir") or ".cache/scrape")
+    cache_dir = Path(params["cache_dir"])
     snapshots: list[RepoSnapshot] = []
     if source == "mirror":
         from stages.scrape.mirror import mirror_snapshots
 
-        snapshots += mirror_snapshots(Path(params.get("mirror_dir") or ""), projects, params, metrics)
+        snapshots += mirror_snapshots(str(params["mirror_dir"]), projects, params, metrics)
     else:
         from stages.scrape.github import scrape_github
 
         snapshots += scrape_github(projects, params, cache_dir, metrics)
-    if (params.get("web") or {}).get("enabled"):
+    if params["web"]["enabled"]:
         from stages.scrape.web import crawl_sites
 
         snapshots += crawl_sites(projects, params, cache_dir, metrics)
 
     for key in ("api_calls", "downloads", "repos.ok", "repos.failed"):
         metrics.inc(key, 0)  # present even when zero, so runs compare key by key
-    records = materialize(snapshots, out_dir)
-    write_jsonl(out_dir / "manifest.jsonl", records)
+    skipped: Counter[str] = Counter()
+    records = materialize(snapshots, out_dir, skipped)
+    for reason, n in sorted(skipped.items()):
+        metrics.inc(f"skipped.{reason}", n)
+    publish(out_dir, {"projects.jsonl": jsonl_bytes(projects), "landscape.yml": landscape,
+                      "manifest.jsonl": jsonl_bytes(records)})
     for record in records:
         metrics.inc(f"files.{record['kind']}")
         metrics.inc("bytes", record["bytes"])
@@ -67,18 +69,21 @@ def run_scrape(params: dict[str, Any], out_dir: Path, metrics: StageMetrics) -> 
     return records
 
 
+def jsonl_bytes(records: list[dict[str, Any]]) -> bytes:
+    return "".join(dumps(r) + "\n" for r in records).encode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--out-dir", default="data/scrape", help="output folder (default: data/scrape)")
     parser.add_argument("--metrics", default="metrics/scrape.json", help="metrics file (default: metrics/scrape.json)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("scrape", args.params)
+    params = load_stage_params("scrape", ScrapeParams, args.params).model_dump()
     metrics = StageMetrics("scrape")
-    try:
+    with recorded_failure(metrics, args.metrics):
         run_scrape(params, Path(args.out_dir), metrics)
-    finally:
-        metrics.write(args.metrics)
+    metrics.write(args.metrics)
 
 
 if __name__ == "__main__":

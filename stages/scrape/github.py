@@ -22,7 +22,15 @@ from urllib.parse import quote
 from stages.common.http import HttpClient, HttpError, OfflineError
 from stages.common.progress import progress
 from stages.scrape.landscape import make_client, project_repos
-from stages.scrape.select import file_kind, is_safe_path, matches_any, skip_reason
+from stages.scrape.select import (
+    file_kind,
+    is_commit_id,
+    is_github_owner,
+    is_github_repo_name,
+    is_safe_path,
+    matches_any,
+    skip_reason,
+)
 from stages.scrape.store import (
     RepoSnapshot,
     cache_folder,
@@ -71,14 +79,15 @@ def make_github(params: dict[str, Any], client: HttpClient) -> GitHub:
     if token:  # goes into the session headers only; never logged, never written
         client._session.headers["Authorization"] = f"Bearer {token}"  # noqa: SLF001
     client._session.headers["Accept"] = "application/vnd.github+json"  # noqa: SLF001
-    gh = params.get("github") or {}
-    return GitHub(client, gh.get("api_url", "https://api.github.com"),
-                  gh.get("raw_url", "https://raw.githubusercontent.com"))
+    return GitHub(client, params["github"]["api_url"], params["github"]["raw_url"])
 
 
 def head_commit(gh: GitHub, owner: str, repo: str) -> str:
-    """The sha of the default branch's HEAD: the one call a cached repo costs."""
-    return str(gh.api(f"/repos/{owner}/{repo}/commits/HEAD")["sha"])
+    """The sha of the default branch's HEAD: the one call a cached repo costs (40 hex digits, or ValueError)."""
+    sha = gh.api(f"/repos/{owner}/{repo}/commits/HEAD")["sha"]
+    if not is_commit_id(sha):  # it becomes a cache folder name and a URL path: nothing else is accepted
+        raise ValueError(f"{owner}/{repo}: commit id {str(sha)[:80]!r} is not 40 hex digits")
+    return sha
 
 
 def list_tree(gh: GitHub, owner: str, repo: str, sha: str, exclude_dirs: set[str],
@@ -100,6 +109,8 @@ def list_tree(gh: GitHub, owner: str, repo: str, sha: str, exclude_dirs: set[str
                     skipped["excluded_dir"] += 1
                 elif not is_safe_path(path):
                     skipped["unsafe_path"] += 1
+                elif not is_commit_id(entry.get("sha")):
+                    skipped["invalid_tree_sha"] += 1
                 else:
                     pending.append((f"{path}/", str(entry["sha"])))
             elif entry.get("type") == "blob":
@@ -142,8 +153,16 @@ def discover_docs_repos(gh: GitHub, owner: str, globs: list[str], per_page: int 
         if not isinstance(batch, list) or not batch:
             break
         for item in batch:
-            name = str(item.get("name", ""))
-            if name and not item.get("fork") and not item.get("archived") and matches_any(name, globs):
+            if not isinstance(item, dict):
+                gh._count("skipped.invalid_repo_listing")  # noqa: SLF001
+                continue
+            name = item.get("name")
+            if not is_github_repo_name(name):  # joined into API paths and cache folders: refused, counted
+                log.warning("%s: repository name %r from the API is not a valid GitHub name; skipped",
+                            owner, str(name)[:80])
+                gh._count("skipped.invalid_repo_name")  # noqa: SLF001
+                continue
+            if not item.get("fork") and not item.get("archived") and matches_any(name, globs):
                 names.append(name)
         if len(batch) < per_page:  # a short page is the last one
             break
@@ -197,7 +216,7 @@ def download_files(gh: GitHub, owner: str, repo: str, sha: str, blobs: list[dict
                    params: dict[str, Any], skipped: Counter[str]) -> tuple[list[str], int]:
     """Download (or reuse from an interrupted run) the wanted blobs; returns (stored paths, failures)."""
     max_bytes = int(params.get("max_file_bytes") or 0) or None
-    workers = max(1, int((params.get("github") or {}).get("concurrency", 8)))
+    workers = max(1, int(params["github"]["concurrency"]))
     lock = threading.Lock()
     failures: Counter[str] = Counter()
 
@@ -270,11 +289,15 @@ def plan_repos(gh: GitHub | None, projects: list[dict[str, Any]], params: dict[s
     for repo_key, project in sorted(overrides.items()):
         if any(p["project"] == project for p in ordered) and "/" in repo_key:
             owner, repo = repo_key.split("/", 1)
+            if not (is_github_owner(owner) and is_github_repo_name(repo)):
+                log.warning("scrape.repo_projects: %r is not an owner/repo GitHub name; skipped", repo_key)
+                metrics.inc("skipped.invalid_repo_name")
+                continue
             claim(project, owner, repo, True, False)
     for project in ordered:
         for owner, repo in project_repos(project):
             claim(project["project"], owner, repo, matches_any(repo, globs), False)
-    per_page = int((params.get("github") or {}).get("per_page", 100))
+    per_page = int(params["github"]["per_page"])
     if params.get("discover_docs_repos") and gh is not None:
         for project in ordered:
             for owner in sorted({o for o, _ in project_repos(project)}):

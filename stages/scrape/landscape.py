@@ -15,6 +15,7 @@ import yaml
 
 from stages.common.cli import StageError
 from stages.common.http import HttpClient, HttpError
+from stages.scrape.select import is_github_owner, is_github_repo_name
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,11 @@ OFFLINE_HINT = ("offline? run from local files instead: -S scrape.source=mirror 
 
 def make_client(params: dict[str, Any], **overrides: Any) -> HttpClient:
     """The HttpClient every network part of this stage uses (tests pass tiny backoffs through params)."""
-    gh = params.get("github") or {}
-    kwargs: dict[str, Any] = {
-        "timeout": float(gh.get("timeout", 20)),
-        "max_retries": int(gh.get("max_retries", 5)),
-        "offline_hint": OFFLINE_HINT,
-    }
-    for key in ("backoff_base", "backoff_max", "connect_timeout", "max_rate_limit_wait"):
-        if key in gh:
-            kwargs[key] = float(gh[key])
+    gh = params["github"]
+    kwargs: dict[str, Any] = {"timeout": float(gh["timeout"]), "max_retries": int(gh["max_retries"]),
+                              "offline_hint": OFFLINE_HINT}
+    for key in ("backoff_base", "backoff_max", "max_rate_limit_wait"):
+        kwargs[key] = float(gh[key])
     kwargs.update(overrides)
     return HttpClient(**kwargs)
 
@@ -151,6 +148,8 @@ def github_repo(url: str) -> tuple[str, str] | None:
     if len(parts) < 2:
         return None
     repo = parts[1][:-4] if parts[1].endswith(".git") else parts[1]
+    if not (is_github_owner(parts[0]) and is_github_repo_name(repo)):
+        return None  # a URL that names no valid repository never becomes an API path or a folder name
     return parts[0], repo
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError
+from stages.common.fs import UnsafePathError, decodable_name, read_regular_file
 from stages.scrape.landscape import project_repos
-from stages.scrape.select import skip_reason
+from stages.scrape.select import is_github_owner, is_github_repo_name, skip_reason
 from stages.scrape.store import RepoSnapshot
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,9 @@ LICENSE_MARKERS = (  # (SPDX id, phrase found in the licence text), most specifi
 
 
 def split_tree_name(name: str) -> tuple[str, str] | None:
+    """(owner, repo) of an `<owner>__<repo>` tree name that follows GitHub's naming rules, else None."""
     owner, sep, repo = name.partition("__")
-    return (owner, repo) if sep and owner and repo else None
+    return (owner, repo) if sep and is_github_owner(owner) and is_github_repo_name(repo) else None
 
 
 def assign_trees(names: list[str], projects: list[dict[str, Any]],
@@ -69,7 +72,11 @@ def assign_trees(names: list[str], projects: list[dict[str, Any]],
 
 
 def scan_tree(root: Path, params: dict[str, Any]) -> tuple[list[str], Counter[str]]:
-    """Selected repo paths under root (sorted) and the skipped ones by reason; symlinks are never followed."""
+    """Selected repo paths under root (sorted) and the skipped ones by reason.
+
+    Symlinks are never followed (files or folders), only regular files are taken (a FIFO named *.md would
+    block the reader forever), and names that are not valid UTF-8 are skipped and counted.
+    """
     paths: list[str] = []
     skipped: Counter[str] = Counter()
     excluded = set(params.get("exclude_dirs") or [])
@@ -81,18 +88,32 @@ def scan_tree(root: Path, params: dict[str, Any]) -> tuple[list[str], Counter[st
                 if d != ".git":
                     skipped["excluded_dir"] += 1
                 continue
+            if not decodable_name(d):
+                skipped["undecodable_name"] += 1
+                continue
             if (Path(dirpath) / d).is_symlink():
                 skipped["unsafe_path"] += 1
                 continue
             kept_dirs.append(d)
         dirnames[:] = kept_dirs
         for name in sorted(filenames):
+            if not decodable_name(name):
+                skipped["undecodable_name"] += 1
+                continue
             full = Path(dirpath) / name
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-            if full.is_symlink():  # could point anywhere on the machine
+            try:
+                info = full.lstat()
+            except OSError:
+                skipped["unreadable"] += 1
+                continue
+            if stat.S_ISLNK(info.st_mode):  # could point anywhere on the machine
                 skipped["unsafe_path"] += 1
                 continue
-            reason = skip_reason(rel, full.stat().st_size, params)
+            if not stat.S_ISREG(info.st_mode):  # FIFO, socket, device
+                skipped["not_regular_file"] += 1
+                continue
+            reason = skip_reason(rel, info.st_size, params)
             if reason:
                 skipped[reason] += 1
             else:
@@ -113,7 +134,11 @@ def tree_commit(root: Path, paths: list[str]) -> str:
     digest = hashlib.sha256()
     for path in paths:
         digest.update(path.encode("utf-8") + b"\x00")
-        digest.update(hashlib.sha256((root / path).read_bytes()).hexdigest().encode() + b"\n")
+        try:
+            data = read_regular_file(root / path)
+        except (UnsafePathError, OSError):
+            data = b""  # changed since the scan; materialize skips and counts it
+        digest.update(hashlib.sha256(data).hexdigest().encode() + b"\n")
     return digest.hexdigest()[:40]
 
 
@@ -137,13 +162,24 @@ def tree_license(root: Path, fallback: str) -> str:
     return fallback or "unknown"
 
 
-def mirror_snapshots(mirror_dir: Path, projects: list[dict[str, Any]], params: dict[str, Any],
+def mirror_snapshots(mirror_dir: str | Path, projects: list[dict[str, Any]], params: dict[str, Any],
                      metrics: Any) -> list[RepoSnapshot]:
     """One snapshot per tree that maps to a selected project; unmatched trees are warned about and counted."""
-    if not mirror_dir or not Path(mirror_dir).is_dir():
+    if not str(mirror_dir).strip() or not Path(mirror_dir).is_dir():  # "" would scan the working directory
         raise StageError(f"scrape.mirror_dir {str(mirror_dir)!r} is not a folder of <owner>__<repo> trees")
     mirror_dir = Path(mirror_dir)
-    names = sorted(p.name for p in mirror_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = []
+    for entry in sorted(mirror_dir.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        if entry.is_symlink():  # a tree that is a link reads files from anywhere on the machine
+            log.warning("mirror tree %s is a symlink; skipped", entry)
+            metrics.inc("skipped.symlinked_tree")
+        elif not decodable_name(entry.name):
+            log.warning("mirror tree %r has a name that is not UTF-8; skipped", entry.name)
+            metrics.inc("skipped.undecodable_name")
+        else:
+            names.append(entry.name)  # a name that is no <owner>__<repo> is warned about as unmatched below
     owners = assign_trees(names, projects, params.get("repo_projects") or {})
     licenses = {p["project"]: p.get("license", "") for p in projects}
     declared = params.get("licenses") or {}
@@ -155,7 +191,7 @@ def mirror_snapshots(mirror_dir: Path, projects: list[dict[str, Any]], params: d
                         mirror_dir / name)
             metrics.inc("skipped.unmatched_tree")
             continue
-        owner, repo = split_tree_name(name) or (name, name)
+        owner, repo = split_tree_name(name) or (name, name)  # assign_trees matched only valid names
         root = mirror_dir / name
         paths, skipped = scan_tree(root, params)
         log.info("mirror %s -> %s: %d files", name, project, len(paths))

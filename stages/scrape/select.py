@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +21,25 @@ KIND_BY_EXT = {
 # Folders that hold a code repository's prose; a docs repository is taken whole.
 DOCS_DIRS = ("docs", "doc", "documentation", "content", "website", "site", "guide", "guides")
 README_STEMS = ("readme", "contributing", "governance", "security", "roadmap", "architecture")
+
+
+# GitHub's own rules: an owner is 1-39 letters, digits or hyphens, not starting with a hyphen; a repository
+# name is 1-100 letters, digits, `.`, `_` or `-` (but not `.` or `..`); a commit id is 40 hex digits.
+OWNER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}")
+REPO_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+
+
+def is_github_owner(name: object) -> bool:
+    return isinstance(name, str) and OWNER_RE.fullmatch(name) is not None
+
+
+def is_github_repo_name(name: object) -> bool:
+    return isinstance(name, str) and REPO_NAME_RE.fullmatch(name) is not None and name not in (".", "..")
+
+
+def is_commit_id(sha: object) -> bool:
+    return isinstance(sha, str) and COMMIT_RE.fullmatch(sha) is not None
 
 
 def file_kind(path: str) -> str | None:

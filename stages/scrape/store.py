@@ -10,19 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.common.fs import UnsafePathError, read_regular_file, resolve_under
 from stages.common.jsonl import atomic_write, sha256_bytes, write_json
 from stages.common.progress import progress
-from stages.scrape.select import file_kind, is_safe_path
+from stages.scrape.select import file_kind, is_commit_id, is_github_owner, is_github_repo_name, is_safe_path
 
 log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "meta.json"
+BUILDING = ".files.building"
 
 
 @dataclass
@@ -62,7 +66,10 @@ def params_fingerprint(params: dict[str, Any]) -> str:
 
 
 def cache_folder(cache_dir: Path, owner: str, repo: str, commit: str) -> Path:
-    return cache_dir / "github" / f"{owner}__{repo}@{commit}"
+    """cache_dir/github/<owner>__<repo>@<commit>: every part validated, the result checked to stay inside."""
+    if not (is_github_owner(owner) and is_github_repo_name(repo) and is_commit_id(commit)):
+        raise UnsafePathError(f"refusing cache folder for {owner!r}/{repo!r}@{commit!r}: not GitHub names")
+    return resolve_under(Path(cache_dir) / "github", f"{owner}__{repo}@{commit}")
 
 
 def read_complete(folder: Path, fingerprint: str) -> dict[str, Any] | None:
@@ -87,33 +94,39 @@ def mark_complete(folder: Path, meta: dict[str, Any]) -> None:
 def write_cached_file(folder: Path, path: str, data: bytes) -> None:
     """Atomic write of one downloaded file under the repo's cache folder (path checked safe first)."""
     if not is_safe_path(path):
-        raise ValueError(f"unsafe path {path!r}")
-    with atomic_write(folder / "files" / path, mode="wb", encoding=None) as fh:
+        raise UnsafePathError(f"unsafe path {path!r}")
+    with atomic_write(resolve_under(folder / "files", path), mode="wb", encoding=None) as fh:
         fh.write(data)
 
 
-def materialize(snapshots: Iterable[RepoSnapshot], out_dir: Path) -> list[dict[str, Any]]:
-    """Copy every snapshot's files to out_dir/files/<slug>/<path>; return manifest records sorted by path.
+def materialize(snapshots: Iterable[RepoSnapshot], out_dir: Path,
+                skipped: Counter[str] | None = None) -> list[dict[str, Any]]:
+    """Copy every snapshot's files to out_dir/.files.building/<slug>/<path>; return manifest records by path.
 
-    The new tree is built beside the old one and swapped in at the end, so a reader (or a crash) never sees
-    a half-written files/ folder next to an older manifest.
+    Nothing visible changes here: `publish` swaps the folder in together with the manifest. Only regular files
+    are read (never through a symlink, never a FIFO); every target is checked to stay inside the folder.
     """
-    files_dir = out_dir / "files"
-    building = out_dir / ".files.building"
-    for leftover in (building, out_dir / ".files.old"):
-        if leftover.exists():
-            shutil.rmtree(leftover)
+    skipped = skipped if skipped is not None else Counter()
+    building = out_dir / BUILDING
+    if building.exists():
+        shutil.rmtree(building)
     building.mkdir(parents=True)
     records: list[dict[str, Any]] = []
     ordered = sorted(snapshots, key=lambda s: s.slug)
     for snap in progress(ordered, desc="materialize", total=len(ordered), unit="repo"):
         for path in sorted(set(snap.paths)):
-            if not is_safe_path(path):  # the sources check this already; the output dir is checked again here
-                log.warning("refusing unsafe path %r from %s", path, snap.repo)
-                continue
-            data = (snap.root / path).read_bytes()
             rel = f"{snap.slug}/{path}"
-            target = building / rel
+            if not is_safe_path(path) or not is_safe_path(rel):  # the sources check paths; slugs are checked here
+                log.warning("refusing unsafe path %r from %s", rel, snap.repo)
+                skipped["unsafe_path"] += 1
+                continue
+            try:
+                data = read_regular_file(resolve_under(snap.root, path))
+                target = resolve_under(building, rel)
+            except (UnsafePathError, OSError) as exc:
+                log.warning("%s: %s; skipped", rel, exc)
+                skipped["not_regular_file" if isinstance(exc, UnsafePathError) else "unreadable"] += 1
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)  # no fsync per file: an interrupted run rebuilds the whole folder
             records.append({
@@ -121,13 +134,32 @@ def materialize(snapshots: Iterable[RepoSnapshot], out_dir: Path) -> list[dict[s
                 "path": path, "commit": snap.commit, "license": snap.license, "sha256": sha256_bytes(data),
                 "bytes": len(data), "kind": kind_of(snap, path), "local_path": f"files/{rel}",
             })
-    if files_dir.exists():
-        files_dir.rename(out_dir / ".files.old")
-    building.rename(files_dir)
-    if (out_dir / ".files.old").exists():
-        shutil.rmtree(out_dir / ".files.old")
     records.sort(key=lambda r: r["local_path"])
     return records
+
+
+def publish(out_dir: Path, small_files: dict[str, bytes]) -> None:
+    """Swap the built files/ in together with the small outputs (manifest, projects, landscape).
+
+    Everything is fully written beside the old outputs first, so a failure before this point leaves the previous
+    run's outputs untouched, and a reader never sees a new files/ next to an old manifest (or the reverse).
+    """
+    staged: list[tuple[Path, Path]] = []
+    for name, data in sorted(small_files.items()):
+        final = resolve_under(out_dir, name)
+        tmp = final.with_name(f".{final.name}.building")
+        tmp.write_bytes(data)
+        staged.append((tmp, final))
+    files_dir, old = out_dir / "files", out_dir / ".files.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if files_dir.exists():
+        files_dir.rename(old)
+    (out_dir / BUILDING).rename(files_dir)
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def kind_of(snap: RepoSnapshot, path: str) -> str:

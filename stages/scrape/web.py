@@ -50,7 +50,7 @@ def run_crawl(sites: list[dict[str, Any]], params: dict[str, Any], cache_dir: Pa
            "http_cache_dir": str((web_dir / "httpcache").resolve()), "log_level": log_level}
     job_file = web_dir / "job.json"
     job_file.write_text(json.dumps(job, sort_keys=True, indent=2), encoding="utf-8")
-    limit = timeout or float((params.get("web") or {}).get("crawl_timeout", 3600))
+    limit = timeout or float(params["web"]["crawl_timeout"])
     proc = subprocess.run([sys.executable, "-m", "stages.scrape.web_crawl", str(job_file)],
                           capture_output=True, text=True, timeout=limit, check=False, cwd=REPO_ROOT)
     if proc.returncode != 0:

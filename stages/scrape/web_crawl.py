@@ -123,24 +123,24 @@ def run_job(job: dict[str, Any]) -> None:
     web = job["web"]
     settings = {
         "ROBOTSTXT_OBEY": True,
-        "DEPTH_LIMIT": int(web.get("max_depth", 2)),
-        "DOWNLOAD_DELAY": float(web.get("download_delay", 0.25)),
-        "AUTOTHROTTLE_ENABLED": bool(web.get("autothrottle", True)),
-        "HTTPCACHE_ENABLED": bool(web.get("http_cache", True)),
+        "DEPTH_LIMIT": int(web["max_depth"]),
+        "DOWNLOAD_DELAY": float(web["download_delay"]),
+        "AUTOTHROTTLE_ENABLED": bool(web["autothrottle"]),
+        "HTTPCACHE_ENABLED": bool(web["http_cache"]),
         "HTTPCACHE_DIR": str(Path(job["http_cache_dir"]).resolve()),
         "CONCURRENT_REQUESTS_PER_DOMAIN": 1,  # one site's pages in a fixed order: reproducible page budgets
         "USER_AGENT": "cncf-llm/0.1 (+https://github.com/cncf/landscape)",
         "TELNETCONSOLE_ENABLED": False,
         "LOG_LEVEL": job.get("log_level", "WARNING"),
         "RETRY_TIMES": 2,
-        "DOWNLOAD_TIMEOUT": float(web.get("timeout", 30)),
+        "DOWNLOAD_TIMEOUT": float(web["timeout"]),
     }
     process = CrawlerProcess(settings=settings)
     crawlers = []
     for site in job["sites"]:
         crawler = process.create_crawler(DocsSpider)
         crawlers.append(crawler)
-        process.crawl(crawler, site=site, pages_dir=job["pages_dir"], max_pages=int(web.get("max_pages", 200)))
+        process.crawl(crawler, site=site, pages_dir=job["pages_dir"], max_pages=int(web["max_pages"]))
     process.start()
     index, stats = [], {}
     for crawler in crawlers:

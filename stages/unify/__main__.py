@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stages.common.cli import run_cli, setup_logging, stage_parser
-from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.metrics import StageMetrics, recorded_failure
+from stages.common.schema import UnifyParams, load_stage_params
 from stages.unify.pipeline import unify
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/unify.json", help="metrics file (default: metrics/unify.json)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("unify", args.params)
+    params = load_stage_params("unify", UnifyParams, args.params).model_dump()
     metrics = StageMetrics("unify")
-    counts = unify(Path(args.scrape_dir), Path(args.out_dir), params, metrics)
+    with recorded_failure(metrics, args.metrics):
+        counts = unify(Path(args.scrape_dir), Path(args.out_dir), params, metrics)
     metrics.write(args.metrics)
     log.info("unify: %d files -> %d documents, %d chunks (%.1fs)", counts["files_in"], counts["documents"],
              counts["chunks"], metrics.elapsed)

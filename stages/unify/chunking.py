@@ -11,17 +11,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from stages.unify.markup import FENCE_RE, split_fences
+from stages.common.text import FENCE_RE, WORD_RE, count_words, split_fences
 
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{CJK}]|[^\s{CJK}]+")
+__all__ = ["chunk_markdown", "chunk_structured", "count_words"]
+
 HEADING_RE = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=\S)|(?<=[。！？])")
-
-
-def count_words(text: str) -> int:
-    """Whitespace words, with each CJK character counted as one word (so Chinese/Japanese chunks stay bounded)."""
-    return len(WORD_RE.findall(text))
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Markdown-family cleanup: front matter, Hugo/Docusaurus shortcodes, MDX, HTML/JSX tags, links; rst/adoc light.
+"""Markdown-family cleanup: front matter, rst and adoc light; markdown/MDX itself is cleaned by
+stages.common.text (markdown-it-py, linear time).
 
 Why: chunks feed language ID, NER and Q&A generation, which all choke on template syntax. The output stays
 markdown-ish (ATX headings, fenced code, pipe tables) so the chunker can stay heading-aware.
@@ -13,54 +14,13 @@ from typing import Any
 
 import yaml
 
-FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
+from stages.common.text import BLANKS_RE, FENCE_RE, clean_markdown, split_fences
+
+__all__ = ["FENCE_RE", "clean_adoc", "clean_markdown", "clean_rst", "first_heading", "split_fences",
+           "split_front_matter", "title_from_path"]
+
 FRONT_YAML_RE = re.compile(r"\A---[ \t]*\n(.*?\n)?---[ \t]*(\n|\Z)", re.S)
 FRONT_TOML_RE = re.compile(r"\A\+\+\+[ \t]*\n(.*?\n)?\+\+\+[ \t]*(\n|\Z)", re.S)
-HTML_COMMENT_RE = re.compile(r"<!--.*?(-->|\Z)", re.S)
-SHORTCODE_RE = re.compile(r"\{\{[<%]\s*(/?)\s*([\w./-]+)(.*?)\s*/?\s*[>%]\}\}", re.S)
-SHORTCODE_ARG_RE = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
-DROP_INNER_SHORTCODES = ("mermaid", "comment")
-HIGHLIGHT_RE = re.compile(r"\{\{<\s*highlight\s+(\w*)[^}]*>\}\}\n?(.*?)\{\{<\s*/highlight\s*>\}\}", re.S)
-HEADING_SHORTCODES = {"whatsnext": "What's next", "prerequisites": "Before you begin", "objectives": "Objectives",
-                      "cleanup": "Clean up", "synopsis": "Synopsis", "options": "Options", "seealso": "See also",
-                      "lessoncontent": "Lesson content"}
-MDX_IMPORT_RE = re.compile(r"^(import\s.+?from\s+['\"].+?['\"];?|import\s+['\"].+?['\"];?|export\s.+)$", re.M)
-HTML_TAGS = ("a|abbr|b|blockquote|br|button|center|code|dd|del|details|div|dl|dt|em|figcaption|figure|font|h[1-6]|"
-             "hr|i|iframe|img|input|ins|kbd|label|li|mark|nav|ol|p|pre|s|section|small|source|span|strong|sub|"
-             "summary|sup|table|tbody|td|tfoot|th|thead|tr|tt|u|ul|video|var|script|style|svg|path|picture")
-HTML_TAG_RE = re.compile(rf"</?(?:{HTML_TAGS})(?:\s[^<>]*)?/?>", re.I)
-SCRIPT_STYLE_RE = re.compile(r"<(script|style|svg)\b.*?</\1\s*>", re.S | re.I)
-JSX_TAG_RE = re.compile(r"</?[A-Z][a-z]\w*(?:\.\w+)?(?:\s+[\w:-]+(?:=(?:\"[^\"]*\"|'[^']*'|\{[^{}]*\}))?)*\s*/?>")
-IMAGE_RE = re.compile(r"!\[[^\]]*\]\([^)]*\)|!\[[^\]]*\]\[[^\]]*\]")
-LINK_RE = re.compile(r"\[([^\]]*)\]\((?:[^()]|\([^)]*\))*\)")
-REF_LINK_RE = re.compile(r"\[([^\]]+)\]\[[^\]]*\]")
-REF_DEF_RE = re.compile(r"^[ \t]{0,3}\[[^\]]+\]:\s+\S+.*$", re.M)
-ADMONITION_RE = re.compile(r"^[ \t]*:::[ \t]*(\w+)?.*$", re.M)
-SETEXT_RE = re.compile(r"^([^\n#>|\-=*][^\n]*)\n(=+|-+)[ \t]*$", re.M)
-BLANKS_RE = re.compile(r"\n{3,}")
-
-
-def split_fences(text: str) -> list[tuple[bool, str]]:
-    """Split text into (is_code, segment) parts; a fenced block keeps its fences. Unclosed fences run to the end."""
-    parts: list[tuple[bool, str]] = []
-    buf: list[str] = []
-    fence: str | None = None
-    for line in text.split("\n"):
-        m = FENCE_RE.match(line)
-        if fence is None and m:
-            if buf:
-                parts.append((False, "\n".join(buf)))
-            buf, fence = [line], m.group(1)
-        elif fence is not None and m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) \
-                and not m.group(2).strip():
-            buf.append(line)
-            parts.append((True, "\n".join(buf)))
-            buf, fence = [], None
-        else:
-            buf.append(line)
-    if buf:
-        parts.append((fence is not None, "\n".join(buf)))
-    return parts
 
 
 def split_front_matter(text: str, load_yaml: Any) -> tuple[dict[str, Any], str]:
@@ -78,54 +38,14 @@ def split_front_matter(text: str, load_yaml: Any) -> tuple[dict[str, Any], str]:
     return {}, text
 
 
-def _shortcode(m: re.Match[str]) -> str:
-    """Render one shortcode tag: keep the visible text of inline ones, drop the rest (paired tags keep inner text)."""
-    closing, name, args = m.group(1), m.group(2).lower(), m.group(3)
-    if closing:
-        return ""
-    kwargs = dict(SHORTCODE_ARG_RE.findall(args))
-    if name == "heading":
-        key = args.strip().strip('"')
-        return HEADING_SHORTCODES.get(key, key.replace("-", " ").capitalize())
-    if name == "feature-state" and "state" in kwargs:
-        version = kwargs.get("for_k8s_version", "")
-        return f"Feature state: Kubernetes {version} [{kwargs['state']}]".replace("  ", " ")
-    if "text" in kwargs:  # glossary_tooltip, link-like shortcodes
-        return kwargs["text"]
-    return ""
-
-
-def clean_prose(segment: str, mdx: bool = False) -> str:
-    """Clean one non-code markdown segment (code blocks never reach here)."""
-    s = HTML_COMMENT_RE.sub("", segment)
-    for name in DROP_INNER_SHORTCODES:
-        s = re.sub(rf"\{{\{{[<%]\s*{name}\b.*?[>%]\}}\}}.*?\{{\{{[<%]\s*/{name}\s*[>%]\}}\}}", "", s, flags=re.S)
-    if mdx:
-        s = MDX_IMPORT_RE.sub("", s)
-    s = IMAGE_RE.sub("", s)
-    s = LINK_RE.sub(lambda m: m.group(1), s)
-    s = REF_LINK_RE.sub(lambda m: m.group(1), s)
-    s = REF_DEF_RE.sub("", s)
-    s = SHORTCODE_RE.sub(_shortcode, s)
-    s = SCRIPT_STYLE_RE.sub("", s)
-    s = re.sub(r"<br\s*/?>", "\n", s, flags=re.I)
-    s = HTML_TAG_RE.sub("", s)
-    s = JSX_TAG_RE.sub("", s)
-    s = re.sub(r"^[ \t]*\{/\*.*?\*/\}[ \t]*$", "", s, flags=re.M | re.S)  # MDX comments
-    s = ADMONITION_RE.sub(lambda m: (m.group(1) or "").capitalize() + ":" if m.group(1) else "", s)
-    s = SETEXT_RE.sub(lambda m: ("# " if m.group(2)[0] == "=" else "## ") + m.group(1).strip(), s)
-    s = re.sub(r"&nbsp;", " ", s)
-    s = re.sub(r"[ \t]+$", "", s, flags=re.M)
-    return s
-
-
-def clean_markdown(body: str, mdx: bool = False) -> str:
-    """Markdown/MDX body -> readable markdown: prose cleaned, fenced code kept verbatim."""
-    body = HIGHLIGHT_RE.sub(lambda m: f"```{m.group(1)}\n{m.group(2).rstrip()}\n```", body)
-    out = [seg if is_code else clean_prose(seg, mdx) for is_code, seg in split_fences(body)]
-    return BLANKS_RE.sub("\n\n", "\n".join(out)).strip()
-
-
+# Inline constructs are bounded in length: an unbounded `[^>]+` rescans the rest of the line from every opener
+# (quadratic on a long line of `a <b`); no real link target or label is longer than these bounds.
+RST_LINK_RE = re.compile(r"`([^`<]{1,500}?)\s*<[^>\n]{1,2000}>`_{1,2}")
+RST_ROLE_RE = re.compile(r":\w{1,50}:`([^`<]{1,500}?)(?:\s*<[^>\n]{1,2000}>)?`")
+RST_LITERAL_RE = re.compile(r"``([^`]{1,2000})``")
+ADOC_LINK_RE = re.compile(r"(?:link:)?(?:https?://|mailto:)[^\s\[]{1,2000}\[([^\]]{0,500})\]")
+ADOC_XREF_RE = re.compile(r"<<[^,>]{1,500},\s*([^>]{1,500})>>")
+ADOC_IMAGE_RE = re.compile(r"image::?[^\[]{1,2000}\[[^\]]{0,500}\]")
 RST_UNDERLINE_RE = re.compile(r"^([^\n]+)\n([=\-~^\"'`#*+:.])\2{2,}[ \t]*$", re.M)
 RST_OVERLINE_RE = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\n([^\n]+)\n\1{3,}[ \t]*$", re.M)
 
@@ -170,9 +90,9 @@ def clean_rst(text: str) -> str:
 
 
 def _rst_inline(s: str) -> str:
-    s = re.sub(r"`([^`<]+?)\s*<[^>]+>`_{1,2}", r"\1", s)
-    s = re.sub(r":\w+:`([^`<]+?)(?:\s*<[^>]+>)?`", r"\1", s)
-    return re.sub(r"``([^`]+)``", r"`\1`", s)
+    s = RST_LINK_RE.sub(r"\1", s)
+    s = RST_ROLE_RE.sub(r"\1", s)
+    return RST_LITERAL_RE.sub(r"`\1`", s)
 
 
 def _dedent(lines: list[str]) -> str:
@@ -199,9 +119,9 @@ def clean_adoc(text: str) -> str:
         elif re.match(r"^:[\w-]+:.*$", line) or re.match(r"^\[[\w,. \"=-]*\]\s*$", line) or line.startswith("//"):
             continue
         else:
-            line = re.sub(r"(?:link:)?(?:https?://|mailto:)[^\s\[]+\[([^\]]*)\]", r"\1", line)
-            line = re.sub(r"<<[^,>]+,\s*([^>]+)>>", r"\1", line)
-            line = re.sub(r"image::?[^\[]+\[[^\]]*\]", "", line)
+            line = ADOC_LINK_RE.sub(r"\1", line)
+            line = ADOC_XREF_RE.sub(r"\1", line)
+            line = ADOC_IMAGE_RE.sub("", line)
             out.append(line)
     if in_block:
         out.append("```")

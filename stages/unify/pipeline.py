@@ -21,6 +21,8 @@ from stages.common.cli import StageError
 from stages.common.jsonl import sha256_bytes, stable_id, write_jsonl
 from stages.common.metrics import StageMetrics
 from stages.common.progress import progress
+from stages.common.text import html_page_to_markdown
+from stages.common.workers import TimeBudgetExceeded, die_with_parent, time_budget
 from stages.unify import markup, structured
 from stages.unify.chunking import chunk_markdown, chunk_structured, count_words
 
@@ -30,10 +32,10 @@ KIND_BY_EXT = {"md": "markdown", "mdx": "markdown", "markdown": "markdown", "rst
                "asciidoc": "adoc", "pdf": "pdf", "yaml": "yaml", "yml": "yaml", "json": "json", "html": "html",
                "htm": "html", "txt": "markdown"}
 OUTPUT_KIND = {"rst": "markdown", "adoc": "markdown"}  # rst/adoc become markdown-ish text
-REQUIRED_PARAMS = ("chunk_max_words", "chunk_min_words", "max_file_bytes", "pdf_max_pages")
+REQUIRED_PARAMS = ("chunk_max_words", "chunk_min_words", "max_file_bytes", "pdf_max_pages", "file_timeout_s")
 # Drops that mean a broken input (also counted under errors.<kind>); the others are expected (empty pages, dups).
 ERROR_REASONS = frozenset({"binary", "pdf_corrupt", "pdf_encrypted", "yaml_alias_bomb", "malformed_yaml",
-                           "malformed_json", "missing_file", "bad_manifest_row", "too_large"})
+                           "malformed_json", "missing_file", "bad_manifest_row", "too_large", "timeout"})
 BINARY_SNIFF_BYTES = 8192
 MAX_REPLACEMENT_RATIO = 0.10  # more U+FFFD than this after a lossy decode: not text (Latin-1 prose stays < 5%)
 
@@ -155,12 +157,8 @@ def convert_pdf(data: bytes, row: dict[str, Any], max_pages: int, counts: Counte
 
 def convert_html(text: str, row: dict[str, Any]) -> tuple[str, str]:
     """Main content via trafilatura, as markdown (headings kept so chunking stays heading-aware)."""
-    import trafilatura
-
-    body = trafilatura.extract(text, url=row.get("url") or None, output_format="markdown", include_tables=True,
-                               include_comments=False, include_links=False, include_images=False) or ""
-    meta = trafilatura.extract_metadata(text)
-    title = (meta.title if meta is not None and meta.title else "") or markup.first_heading(body)
+    title, body = html_page_to_markdown(text, row.get("url") or None)
+    title = title or markup.first_heading(body)
     return title or markup.title_from_path(str(row.get("path") or row.get("url") or "")), body.strip()
 
 
@@ -168,7 +166,12 @@ def process_file(row: dict[str, Any], scrape_dir: str, params: dict[str, Any]) -
     """One manifest row -> FileResult. Never raises for bad input: skip reason + warning instead."""
     result = FileResult(key=(doc_id_for(row), str(row.get("local_path"))))
     try:
-        _process(row, Path(scrape_dir), params, result)
+        with time_budget(float(params["file_timeout_s"])):
+            _process(row, Path(scrape_dir), params, result)
+    except TimeBudgetExceeded as exc:
+        result.doc, result.chunks = None, []
+        result.skip = "timeout"
+        result.warnings.append(f"{row.get('local_path')}: {exc} (unify.file_timeout_s); skipped")
     except SkipFile as exc:
         result.skip = exc.reason
         (result.warnings if exc.level >= logging.WARNING else result.notes).append(str(exc))
@@ -259,12 +262,12 @@ def convert_all(rows: list[dict[str, Any]], scrape_dir: Path, params: dict[str, 
     """Run process_file over rows with `params['workers']` processes (1 = in this process); any order out."""
     ordered = sorted(rows, key=lambda r: (-_task_cost(r), str(r.get("local_path"))))
     tasks = [(row, str(scrape_dir), params) for row in ordered]
-    workers = max(1, int(params.get("workers", 1)))
+    workers = max(1, int(params["workers"]))
     if workers == 1 or len(tasks) < 2:
         yield from map(_work, tasks)
         return
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=die_with_parent) as pool:
         yield from pool.imap_unordered(_work, tasks, chunksize=1)
 
 

@@ -66,7 +66,10 @@ def _distinct_nodes(node: yaml.Node, seen: set[int]) -> None:
 def safe_load_all(text: str, max_expansion: int = 10) -> list[Any]:
     """yaml.safe_load_all with an alias budget: a document may expand to at most max_expansion x its node count
     (+1000). Raises AliasBombError or StructuredError."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # its reader rejects control characters at once
+    except yaml.YAMLError as exc:
+        raise StructuredError(f"malformed YAML: {str(exc).splitlines()[0]}") from None
     docs: list[Any] = []
     try:
         while loader.check_node():
@@ -131,6 +134,8 @@ def structured_sections(text: str, fmt: str) -> tuple[list[tuple[str, str]], str
             docs = [json.loads(text)]
         except ValueError as exc:
             raise StructuredError(f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise StructuredError("malformed JSON: nesting too deep") from None
         raws = [text.strip("\n")]
     else:
         docs = [d for d in safe_load_all(text) if d is not None]

@@ -33,6 +33,7 @@ class FakeRepo:
     archived: bool = False
     truncated: bool = False  # the recursive tree answers `truncated: true` with half the entries
     extra_entries: list[dict[str, Any]] = field(default_factory=list)  # announced in the tree, never served
+    head_sha: str | None = None  # hostile: what commits/HEAD answers instead of the real sha
 
     @property
     def sha(self) -> str:
@@ -67,6 +68,7 @@ class FakeGitHub:
     def __init__(self, repos: dict[str, FakeRepo], users: set[str] | None = None) -> None:
         self.repos = repos
         self.users = users or set()  # owners that are user accounts: /orgs/{owner}/repos answers 404
+        self.listing_extra: dict[str, list[Any]] = {}  # hostile: items appended to an owner's repo listing
         self.faults: list[dict[str, Any]] = []
         self.requests: list[str] = []
         self.auth_headers: list[str] = []
@@ -146,7 +148,8 @@ class FakeGitHub:
             return _json(200, {"name": parts[2], "full_name": f"{parts[1]}/{parts[2]}", "fork": repo.fork,
                                "default_branch": repo.default_branch, "archived": repo.archived})
         if rest[0] == "commits" and len(rest) == 2 and rest[1] in ("HEAD", repo.default_branch, repo.sha):
-            return _json(200, {"sha": repo.sha, "commit": {"message": "head"}})
+            return _json(200, {"sha": repo.head_sha if repo.head_sha is not None else repo.sha,
+                               "commit": {"message": "head"}})
         if rest[0] == "branches" and len(rest) == 2 and rest[1] == repo.default_branch:
             return _json(200, {"name": rest[1], "commit": {"sha": repo.sha}})
         if rest[0] == "license":
@@ -164,8 +167,11 @@ class FakeGitHub:
         page = int(query.get("page", ["1"])[0])
         names = sorted(k.split("/", 1)[1] for k in self.repos if k.split("/", 1)[0] == owner)
         chunk = names[(page - 1) * per_page: page * per_page]
-        return _json(200, [{"name": n, "full_name": f"{owner}/{n}", "fork": self.repos[f"{owner}/{n}"].fork,
-                            "archived": self.repos[f"{owner}/{n}"].archived} for n in chunk])
+        items: list[Any] = [{"name": n, "full_name": f"{owner}/{n}", "fork": self.repos[f"{owner}/{n}"].fork,
+                             "archived": self.repos[f"{owner}/{n}"].archived} for n in chunk]
+        if page == 1:
+            items += self.listing_extra.get(owner, [])
+        return _json(200, items)
 
     def answer_tree(self, repo: FakeRepo, sha: str, recursive: bool) -> tuple[int, dict[str, str], bytes]:
         folders = repo.trees()

@@ -39,6 +39,7 @@ class FakeStackExchange:
         self.backoff: dict[str, list[int]] = defaultdict(list)  # method -> backoff values for its next responses
         self.fail: dict[str, list[int]] = defaultdict(list)  # method -> HTTP statuses to answer first
         self.malformed: dict[str, int] = defaultdict(int)  # method -> how many broken JSON bodies to send
+        self.api_errors: dict[str, list[dict[str, Any]]] = defaultdict(list)  # method -> HTTP 400 error bodies
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
@@ -86,6 +87,8 @@ class FakeStackExchange:
                 status = self.fail[method].pop(0)
                 headers = {"Retry-After": "0"} if status == 429 else {}
                 return status, b"<html><body>Bad Gateway</body></html>", headers
+            if self.api_errors[method]:  # the real API's way: HTTP 400 with error_id/error_name/error_message
+                return 400, _dump(self.api_errors[method].pop(0)), {}
             if self.malformed[method] > 0:
                 self.malformed[method] -= 1
                 return 200, b'{"items": [{"question_id": 1, "title": "cut', {}

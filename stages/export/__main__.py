@@ -1,0 +1,171 @@
+"""export: merge models/adapter into models/base, write GGUF files (f16, q8_0) with an Ollama Modelfile and a
+LocalAI config, and check every GGUF against the merged model by next-token logits.
+
+Reads models/base, models/adapter; writes models/merged/ (safetensors, the base's dtype), models/gguf/
+(<name>-f16.gguf, <name>-q8_0.gguf, Modelfile, localai.yaml) and metrics/export.json. A GGUF that disagrees with
+the merged model beyond export.min_top1_agreement fails the stage: the metrics are written, the previous
+models/merged and models/gguf stay.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
+from stages.common.jsonl import read_json, sha256_file
+from stages.common.metrics import StageMetrics
+from stages.common.params import load_params
+from stages.export.check import check_gguf, logits_for, prompt_ids
+from stages.export.gguf_file import FILE_TYPES, llama_hparams, tokenizer_info, write_gguf
+from stages.export.merged import merge_adapter, save_merged
+from stages.export.runtimes import check_chatml, stop_tokens, write_localai_config, write_modelfile
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUNTIME_OPTIONS = ("temperature", "top_p", "repeat_penalty", "num_ctx")
+
+
+def validate(params: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """Refuse bad params in one line, before anything is written."""
+    name = str(params.get("name", ""))
+    if not NAME.match(name):
+        raise StageError(f"export.name={name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    file_types = params.get("file_types")
+    if not isinstance(file_types, list) or not file_types or not set(file_types) <= set(FILE_TYPES):
+        raise StageError(f"export.file_types must be a non-empty list of {', '.join(FILE_TYPES)}; got {file_types!r}")
+    prompts = params.get("check_prompts")
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise StageError("export.check_prompts must be a non-empty list of non-empty strings")
+    thresholds = params.get("min_top1_agreement") or {}
+    for ft in file_types:
+        value = thresholds.get(ft)
+        if not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise StageError(f"export.min_top1_agreement.{ft} must be a number in [0, 1]; got {value!r}")
+    runtime = params.get("runtime") or {}
+    unknown = set(runtime) - set(RUNTIME_OPTIONS)
+    if unknown or not all(isinstance(v, int | float) for v in runtime.values()):
+        raise StageError(f"export.runtime takes numbers for {', '.join(RUNTIME_OPTIONS)}; got {runtime!r}")
+    if not system_prompt.strip():
+        raise StageError("export.system_prompt (or merge.system_prompt) must not be empty")
+    return {"name": name, "file_types": sorted(set(file_types), key=FILE_TYPES.index), "prompts": prompts,
+            "thresholds": {ft: float(thresholds[ft]) for ft in file_types}, "runtime": dict(runtime),
+            "system_prompt": system_prompt}
+
+
+def source_gguf_fields(base_dir: Path) -> dict[str, str]:
+    """`tokenizer.ggml.pre` and `general.license` of the GGUF models/base was converted from, when it was one:
+    llama.cpp's split rule for that vocabulary is known there, not in the HF tokenizer rebuilt from it."""
+    info_path = base_dir / "base_model.json"
+    if not info_path.is_file():
+        return {}
+    info = read_json(info_path)
+    if not info.get("gguf_file"):
+        return {}
+    path = Path(info["model_dir"]) / info["gguf_file"]
+    if not path.is_file():
+        log.warning("source GGUF %s not found; tokenizer pre-split detected from the tokenizer instead", path)
+        return {}
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for key, name in (("tokenizer.ggml.pre", "pre"), ("general.license", "license")):
+        if key in fields:
+            out[name] = str(fields[key].contents())
+    return out
+
+
+def run_export(cfg: dict[str, Any], base_dir: Path, adapter_dir: Path, models_dir: Path,
+               stats: StageMetrics) -> dict[str, Any]:
+    """Merge, write, check; swap the new outputs in only when every GGUF passed its check."""
+    import torch
+
+    model, tokenizer = merge_adapter(base_dir, adapter_dir)
+    hp = llama_hparams(model.config)  # refuse an unsupported architecture before writing anything
+    source = source_gguf_fields(base_dir)
+    info = tokenizer_info(tokenizer, hp["vocab_size"], pre=source.get("pre"))
+    check_chatml(info.chat_template)
+    stats.set("model", {"architecture": model.config.architectures[0], "dtype": str(model.dtype).replace("torch.", ""),
+                        "parameters": sum(p.numel() for p in model.parameters()), "tokenizer_pre": info.pre})
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=models_dir))
+    try:
+        save_merged(model, tokenizer, tmp / "merged")
+        gguf_dir = tmp / "gguf"
+        gguf_dir.mkdir()
+        files = {}
+        for ft in cfg["file_types"]:
+            path = gguf_dir / f"{cfg['name']}-{ft}.gguf"
+            files[ft] = write_gguf(model, info, path, ft, cfg["name"], source.get("license"))
+            files[ft]["sha256"] = sha256_file(path)
+        runtime_file = files.get("q8_0", files[cfg["file_types"][0]])["file"]
+        stops = stop_tokens(tokenizer)
+        write_modelfile(gguf_dir / "Modelfile", runtime_file, cfg["system_prompt"], stops, cfg["runtime"])
+        write_localai_config(gguf_dir / "localai.yaml", cfg["name"], runtime_file, cfg["system_prompt"], stops,
+                             int(cfg["runtime"].get("num_ctx", hp["n_ctx"])),
+                             {k: v for k, v in cfg["runtime"].items() if k != "num_ctx"})
+
+        reference_model = model.to(torch.float32).eval()
+        ids = prompt_ids(tokenizer, cfg["prompts"])
+        reference = logits_for(reference_model, ids)
+        failures = []
+        for ft in cfg["file_types"]:
+            result = check_gguf(gguf_dir / files[ft]["file"], tokenizer, reference, ids, cfg["prompts"])
+            result["min_top1_agreement"] = cfg["thresholds"][ft]
+            result["passed"] = bool(result["finite"] and result["top1_agreement"] >= cfg["thresholds"][ft]
+                                    and result["tokenizer_agreement"] == 1.0)
+            stats.set(f"gguf.{ft}", {**files[ft], **result})
+            if not result["passed"]:
+                failures.append(f"{ft}: top-1 {result['top1_agreement']:.3f} < {cfg['thresholds'][ft]}, "
+                                f"tokenizer {result['tokenizer_agreement']:.2f}, finite {result['finite']}")
+        stats.set("prompts", len(ids))
+        if failures:
+            raise StageError("GGUF round-trip check failed (" + "; ".join(failures) + "); previous outputs kept")
+        for part in ("merged", "gguf"):
+            _swap_in(tmp / part, models_dir / part)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return stats.as_dict()
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Replace `target` by `new` with renames, so a crash never leaves a half-written output folder."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.chmod(0o755)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--base", default="models/base", help="base model dir (default: models/base)")
+    parser.add_argument("--adapter", default="models/adapter", help="LoRA adapter dir (default: models/adapter)")
+    parser.add_argument("--models-dir", default="models", help="where merged/ and gguf/ go (default: models)")
+    parser.add_argument("--metrics", default="metrics/export.json", help="metrics file (default: metrics/export.json)")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    params = load_params("export", args.params)
+    system_prompt = str(params.get("system_prompt") or load_params("merge", args.params).get("system_prompt") or "")
+    cfg = validate(params, system_prompt)
+    stats = StageMetrics("export")
+    try:
+        run_export(cfg, Path(args.base), Path(args.adapter), Path(args.models_dir), stats)
+    finally:
+        stats.write(args.metrics)
+    log.info("wrote %s/merged, %s/gguf and %s in %.1fs", args.models_dir, args.models_dir, args.metrics,
+             stats.elapsed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
