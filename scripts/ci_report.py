@@ -166,12 +166,15 @@ def copy_tracked(src: Path, dst: Path) -> None:
 
 
 def prepare_corpus(dst: Path, corpus: Path, repos: list[str]) -> None:
-    """../ci-corpus: the profile's slice of the shared corpus (symlinks, never copies) and the tiny model."""
+    """../ci-corpus: the profile's slice of the shared corpus and the tiny model, in the scratch folder.
+
+    The doc trees are copied (a few MB; links inside them stay links): scrape refuses a mirror tree that is itself
+    a symlink, as it would refuse one in a user's mirror. The other corpus files are linked."""
     (dst / "repos").mkdir(parents=True)
     for name in repos:
         if not (corpus / "repos" / name).is_dir():
             raise RuntimeError(f"corpus repo {name} not found under {corpus}/repos (configs/ci/profile.yaml)")
-        (dst / "repos" / name).symlink_to(corpus / "repos" / name, target_is_directory=True)
+        shutil.copytree(corpus / "repos" / name, dst / "repos" / name, symlinks=True)
     for name in ("landscape", "stackexchange", "MANIFEST.csv"):
         (dst / name).symlink_to(corpus / name)
     sys.path.insert(0, str(REPO_ROOT))

@@ -35,7 +35,7 @@ CASES = [
     ("unify", "chunk_max_words", ("RENAME", "chunk_max_wrds"), "unify.chunk_max_wrds: unknown param"),
     ("unify", "chunk_min_words", 5000, "unify.chunk_min_words: 5000 — must be ≤ unify.chunk_max_words"),
     ("unify", "file_timeout_s", 0, "unify.file_timeout_s: 0 — must be a number > 0"),
-    ("scrape", "source", "mirror", "scrape.mirror_dir: '' — must name a folder"),
+    ("scrape", "mirror_dir", "", "scrape.mirror_dir: '' — must name a folder"),  # params.yaml: source mirror
     ("scrape", "maturity", "graduated", "scrape.maturity: 'graduated' — must be a list"),
     ("scrape", "max_file_bytes", -1, "scrape.max_file_bytes: -1 — must be an integer ≥ 0"),
     ("scrape", "github.max_retries", -2, "scrape.github.max_retries: -2 — must be an integer ≥ 0"),
@@ -47,7 +47,7 @@ CASES = [
     ("qa_gen", "generators", ["structral"], "qa_gen.generators.0: 'structral' — must be"),
     ("qa_gen", "max_pairs_per_chunk", -1, "qa_gen.max_pairs_per_chunk: -1 — must be an integer ≥ 1"),
     ("stackoverflow", "max_retries", -1, "stackoverflow.max_retries: -1 — must be an integer ≥ 0"),
-    ("stackoverflow", "source", "dir", "stackoverflow.dir: '' — must name a folder"),
+    ("stackoverflow", "dir", "", "stackoverflow.dir: '' — must name a folder"),  # params.yaml: source dir
     ("stackoverflow", "page_size", 500, "stackoverflow.page_size: 500 — must be an integer ≤ 100"),
     ("merge", "decontam_ngram", "x", "merge.decontam_ngram: 'x' — must be an integer"),
     ("merge", "validation_fraction", -0.1, "merge.validation_fraction: -0.1 — must be a number ≥ 0.0"),

