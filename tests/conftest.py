@@ -34,3 +34,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     corpus_repos = CORPUS / "repos" / "prometheus__docs"
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), corpus_text(corpus_repos))
+
+
+@pytest.fixture(scope="module")
+def gradio_safe_abc():
+    """Importing scrapy (tests/test_scrape_web.py, collected in the same process) leaves a zope.interface
+    `__provides__` descriptor on abc.ABC; gradio's Component.__init__ reads every attribute named by dir() of its
+    class and trips over it. The app never imports scrapy; the tests that build it take this declaration away
+    while they run and put it back."""
+    import abc
+
+    saved = abc.ABC.__dict__.get("__provides__")
+    if saved is not None:
+        delattr(abc.ABC, "__provides__")
+    yield
+    if saved is not None:
+        abc.ABC.__provides__ = saved

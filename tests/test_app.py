@@ -24,7 +24,8 @@ def alnum(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any, Any]]:
+def app_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+            gradio_safe_abc: None) -> Iterator[tuple[str, Any, Any]]:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app import build_demo
 

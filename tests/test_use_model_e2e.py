@@ -17,7 +17,7 @@ from tests.serve_helpers import running_server, tiny_index
 QUESTION = "How does Prometheus scrape metrics?"
 
 
-def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path, gradio_safe_abc: None) -> None:
     import io
     import os
 

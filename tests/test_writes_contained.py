@@ -38,6 +38,7 @@ def test_data_stages_write_only_inside_data_metrics_and_caches(corpus: Path, rep
     params["scrape"].update(source="mirror", mirror_dir="mirror",
                             landscape_url=str(corpus / "landscape" / "landscape.yml"))
     params["stackoverflow"].update(source="dir", dir="replay")
+    params["langfilter"]["ground_truth"] = ""  # the corpus manifest is not beside this scratch project
     params["unify"]["workers"] = params["langfilter"]["workers"] = 1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     before = snapshot(project)
