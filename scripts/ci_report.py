@@ -16,15 +16,19 @@ a NaN or infinite metric, a metric outside its declared tolerance, or a stage th
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import fnmatch
 import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,7 +146,7 @@ def check_metrics(current: dict[str, Any], baseline: dict[str, Any],
 # ------------------------------------------------------------------------------------------------ the run
 def sh(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
     log.info("$ %s", " ".join(cmd))
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-6000:]}")
     return result
@@ -188,7 +192,8 @@ def git_commit(project: Path, env: dict[str, str], message: str) -> None:
     sh(["git", "commit", "-qm", message, "--allow-empty"], project, env)
 
 
-def run_profile(work: Path, corpus: Path, profile: dict[str, Any], env: dict[str, str]) -> tuple[Path, str]:
+def run_profile(work: Path, corpus: Path, profile: dict[str, Any], env: dict[str, str],
+                timeout: float) -> tuple[Path, str]:
     """Scratch project at HEAD = baseline, workspace = this change with the profile applied; `dvc repro` it."""
     project = work / "project"
     project.mkdir(parents=True)
@@ -208,12 +213,44 @@ def run_profile(work: Path, corpus: Path, profile: dict[str, Any], env: dict[str
     # Workspace: this change.
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    result = sh(["dvc", "repro"], project, env, check=False)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        log.error("dvc repro failed:\n%s", output[-6000:])
+    returncode, output = run_streamed(["dvc", "repro"], project, env, timeout)
+    if returncode != 0:
         return project, "dvc repro failed:\n\n```\n" + output[-3000:] + "\n```"
     return project, ""
+
+
+def run_streamed(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run `cmd` with its output echoed line by line to the log (so a CI log shows which stage is running), in its
+    own process group, killed whole after `timeout` seconds; returns (exit code, the output's last lines)."""
+    log.info("$ %s  (timeout %.0f s)", " ".join(cmd), timeout)
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail.append(line)
+            sys.stderr.write(f"  | {line}")
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        busy = subprocess.run(["ps", "-eo", "pid,ppid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True,
+                              text=True, check=False).stdout.splitlines()[:15]
+        log.error("%s still running after %.0f s; busiest processes:\n%s", " ".join(cmd), timeout, "\n".join(busy))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        tail.append(f"ci_report: `{' '.join(cmd)}` killed after {timeout:.0f} s (--repro-timeout)\n")
+        returncode = -signal.SIGKILL
+    reader.join(timeout=10)
+    output = "".join(tail)
+    if returncode != 0:
+        log.error("%s failed (%d):\n%s", " ".join(cmd), returncode, output[-6000:])
+    return returncode, output
 
 
 def markdown_report(project: Path, env: dict[str, str], failures: list[str], notes: list[str]) -> str:
@@ -257,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temp dir, removed afterwards)")
     parser.add_argument("--report", type=Path, help="also write the markdown report here")
     parser.add_argument("--update-baseline", action="store_true", help="pin this run as configs/ci/baseline/")
+    parser.add_argument("--repro-timeout", type=float, default=1500,
+                        help="seconds `dvc repro` may take before it is killed and CI fails (default 1500: the "
+                             "profile takes ~4 min on 2 idle cores)")
     parser.add_argument("--check-only", action="store_true", help="only check --workspace (a finished run)")
     parser.add_argument("--workspace", type=Path, help="with --check-only: the project folder to check")
     parser.add_argument("--baseline", type=Path, default=BASELINE, help="with --check-only: baseline root")
@@ -279,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **GIT_ID,
                "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
         work = args.work or Path(tempfile.mkdtemp(prefix="cncf-llm-ci-"))
+        log.info("machine: %s CPUs (%d usable), load %s, %.1f GB free under %s", os.cpu_count(),
+                 len(os.sched_getaffinity(0)), " ".join(f"{x:.1f}" for x in os.getloadavg()),
+                 shutil.disk_usage(work).free / 1e9, work)
         try:
-            project, repro_error = run_profile(work, args.corpus.resolve(), profile, env)
+            project, repro_error = run_profile(work, args.corpus.resolve(), profile, env, args.repro_timeout)
             failures, notes = check_workspace(project, profile, args.baseline)
             if repro_error:
                 failures.insert(0, repro_error)

@@ -180,11 +180,13 @@ def test_generation_stops_on_every_stop_token(arch_dirs, arch: str) -> None:
     assert eos_only.shape[1] - n_prompt == 6  # what eval did before: the answer ran on
 
 
-def test_eval_generate_passes_every_stop_token(arch_dirs, monkeypatch) -> None:
+def test_inference_generate_passes_every_stop_token(arch_dirs, monkeypatch) -> None:
+    """The inference core (eval, ask, chat and serve) stops Gemma on <end_of_turn> and spares the prompt from the
+    repetition penalty (excerpts are there to be copied)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.eval.generate import generate_answers
+    from stages.common.inference import Assistant, GenerationOptions, InferenceSettings
 
     tokenizer = _tokenizer(arch_dirs["gemma2"])
     ct.ensure_training_template(tokenizer)
@@ -196,12 +198,16 @@ def test_eval_generate_passes_every_stop_token(arch_dirs, monkeypatch) -> None:
 
     def spy(*args, **kwargs):
         out = real_generate(*args, **kwargs)
-        seen.append((kwargs["generation_config"].eos_token_id, out.shape[1] - kwargs["input_ids"].shape[1]))
+        penalties = [p.prompt_ignore_length for p in kwargs["logits_processor"]]
+        seen.append((kwargs["generation_config"].eos_token_id, out.shape[1] - kwargs["input_ids"].shape[1],
+                     penalties, kwargs["input_ids"].shape[1]))
         return out
 
     monkeypatch.setattr(model, "generate", spy)
+    assistant = Assistant(model, tokenizer, None, InferenceSettings(system_prompt="", max_prompt_tokens=256))
     prompt = ct.render(tokenizer, RECORD[:2], add_generation_prompt=True)
-    assert generate_answers(model, tokenizer, [prompt], batch_size=1, max_new_tokens=8, repetition_penalty=1.0,
-                            max_prompt_tokens=256) == [""]
-    (eos, n_new), = seen
+    options = GenerationOptions(max_new_tokens=8, repetition_penalty=1.2)
+    assert [text for text, *_ in assistant.generate([prompt], options, batch_size=1)] == [""]
+    (eos, n_new, penalties, width), = seen
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in eos and n_new == 1
+    assert penalties == [width]

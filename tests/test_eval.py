@@ -195,7 +195,7 @@ def test_end_to_end_metrics_finite_and_arms_differ(eval_run: dict[str, Any], wor
     assert eval_run["run"]["errors"]["missing_set"]["absent"] == 1
     for name in ("merge-test", "cncf-qa"):
         arms = sets[name]["arms"]
-        assert list(arms) == [*ARMS, "retrieval_only"]
+        assert list(arms) == [*ARMS, "retrieval_only", "question_only"]
         for arm in ARMS:
             for metric in ("bleu", "chrf", "perplexity", "answer_words_mean", "repeated_4gram_share"):
                 assert math.isfinite(arms[arm][metric]), (name, arm, metric)
@@ -207,12 +207,18 @@ def test_end_to_end_metrics_finite_and_arms_differ(eval_run: dict[str, Any], wor
             assert 0.0 <= arms[arm]["citation_rate"] <= 1.0 and "abstain_when_missed" in arms[arm]
         assert "faithfulness" not in arms["base_closed"]
         assert set(sets[name]["deltas"]) >= {"tuned_rag-vs-base_closed", "tuned_rag-vs-tuned_closed",
-                                             "tuned_rag-vs-retrieval_only"}
+                                             "tuned_rag-vs-retrieval_only", "tuned_rag-vs-question_only"}
     # the source document of every merge-test item is in the tiny index and retrieval finds it
     assert sets["merge-test"]["arms"]["tuned_rag"]["source_retrieved"] == 1.0
     assert sets["cncf-qa"]["arms"]["tuned_rag"]["source_retrieved"] == 1.0  # h2 via checked_against
     # retrieval_only copies the top excerpt: the answers are in the chunks, so it scores high
     assert sets["merge-test"]["arms"]["retrieval_only"]["rouge_l"]["mean"] > 0.5
+    # question_only is the question itself: its ROUGE-L is what restating the question scores
+    from stages.eval import metrics as tm
+
+    echo = [tm.rouge_l(p["question"], p["reference"]) for p in read_jsonl(workspace / "run1/data/eval/predictions.jsonl")
+            if p["set"] == "merge-test"]
+    assert sets["merge-test"]["arms"]["question_only"]["rouge_l"]["mean"] == pytest.approx(sum(echo) / len(echo))
     mcq = sets["cncf-mcq"]
     assert mcq["n"] == 4 and mcq["chance"] == pytest.approx(0.25)
     for arm in ARMS:
@@ -251,7 +257,7 @@ def test_contamination_and_per_project(eval_run: dict[str, Any]) -> None:
     per_project = sets["merge-test"]["per_project"]
     assert sum(row["n"] for row in per_project.values()) == 4
     for row in per_project.values():
-        assert set(row["rouge_l"]) == {*ARMS, "retrieval_only"}
+        assert set(row["rouge_l"]) == {*ARMS, "retrieval_only", "question_only"}
 
 
 def test_report_and_plots(eval_run: dict[str, Any], workspace: Path) -> None:

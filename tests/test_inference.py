@@ -77,3 +77,17 @@ def test_history_is_dropped_before_the_question(assistant):
     assert "Which port does etcd use?" in prompt and long_turn.strip() not in prompt
     with pytest.raises(ValueError):
         assistant.answer([{"role": "assistant", "content": "hi"}])
+
+
+def test_repetition_penalty_spares_the_prompt():
+    """Tokens of the prompt (retrieved excerpts) stay as likely as they were; only the answer's own repeats pay."""
+    import torch
+
+    from stages.common.inference import answer_repetition_penalty
+
+    processors = answer_repetition_penalty(1.5, prompt_length=3)
+    input_ids = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])  # 3 prompt tokens, then 1 generated
+    scores = processors(input_ids, torch.full((2, 10), 3.0))
+    assert scores[0, 5] == scores[0, 6] == scores[0, 7] == 3.0 and scores[0, 8] == 2.0
+    assert scores[1, 1] == 3.0 and scores[1, 4] == 2.0 and scores[1, 8] == 3.0
+    assert len(answer_repetition_penalty(1.0, 3)) == 0

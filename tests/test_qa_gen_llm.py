@@ -18,7 +18,6 @@ from stages.qa_gen.llm import (
     TransformersGenerator,
     build_messages,
     generate_llm,
-    length_sorted_batches,
     parse_pairs,
     render_prompt,
     resolve_model,
@@ -103,7 +102,10 @@ def test_parse_pairs_gives_up_on_garbage(raw: str) -> None:
 
 
 def test_length_sorted_batches() -> None:
-    assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [4, 2], [0]]
+    from stages.common.modeling import length_sorted_batches
+
+    assert length_sorted_batches([5, 1, 4, 2, 3], 2) == [[0, 2], [4, 3], [1]]
+    assert length_sorted_batches([2, 2, 2], 0) == [[0], [1], [2]]  # ties keep input order; batch size at least 1
 
 
 def test_cache_survives_a_torn_last_line(tmp_path: Path) -> None:

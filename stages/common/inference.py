@@ -17,7 +17,7 @@ from typing import Any
 
 from stages.common.cli import StageError
 from stages.common.jsonl import read_json
-from stages.common.modeling import stop_token_ids
+from stages.common.modeling import generation_config_for, stop_token_ids
 from stages.common.progress import progress
 from stages.common.prompting import rag_user_content
 
@@ -330,22 +330,21 @@ class Assistant:
 
     def _generate_tensors(self, encoded: Any, options: GenerationOptions, streamer: Any = None) -> Any:
         import torch
-        from transformers import GenerationConfig
 
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
         room = self.max_context_tokens - inputs["input_ids"].shape[1]
         sample = options.temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max(1, min(options.max_new_tokens, room)), do_sample=sample,
+        config = generation_config_for(
+            self.model, self.tokenizer, max_new_tokens=max(1, min(options.max_new_tokens, room)), do_sample=sample,
             temperature=options.temperature if sample else None, top_p=options.top_p if sample else None,
-            top_k=None, repetition_penalty=options.repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=stop_token_ids(self.model, self.tokenizer),
-            stop_strings=list(options.stop) or None)
+            top_k=None, stop_strings=list(options.stop) or None)
         if options.seed is not None:
             torch.manual_seed(options.seed)
         with torch.inference_mode():
             return self.model.generate(**inputs, generation_config=config, streamer=streamer,
+                                       logits_processor=answer_repetition_penalty(options.repetition_penalty,
+                                                                                  inputs["input_ids"].shape[1]),
                                        tokenizer=self.tokenizer if options.stop else None)
 
     def _decode(self, encoded: Any, out: Any, options: GenerationOptions) -> list[tuple[str, int, int, str]]:
@@ -362,6 +361,19 @@ class Assistant:
                 "length" if len(body) >= options.max_new_tokens else "stop")
             rows.append(((cut if cut is not None else text).strip(), int(prompt_row.sum()), len(body), finish))
         return rows
+
+
+def answer_repetition_penalty(penalty: float, prompt_length: int) -> Any:
+    """A repetition penalty over the answer's own tokens only, not the prompt's.
+
+    transformers' `repetition_penalty` counts every token of a decoder-only prompt as "already said", so with
+    retrieved excerpts in the prompt it pushes the reader away from the very words it should copy from them.
+    Left padding gives every row of a batch the same prompt width, so one length covers the batch."""
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    if penalty == 1.0:
+        return LogitsProcessorList()
+    return LogitsProcessorList([RepetitionPenaltyLogitsProcessor(float(penalty), prompt_ignore_length=prompt_length)])
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,11 @@ def generation_config_for(model: Any, tokenizer: Any, **settings: Any) -> Any:
 
     return GenerationConfig(eos_token_id=stop_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
                             **settings)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped longest first, so each batch holds sequences of similar length (less padding, fewer wasted
+    FLOPs) and the largest batch comes first (an out-of-memory shows at once, not at the end)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    size = max(1, batch_size)
+    return [order[i:i + size] for i in range(0, len(order), size)]

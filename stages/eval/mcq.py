@@ -77,24 +77,6 @@ def item_correct(item: McqItem, scores: Sequence[tuple[float, int]]) -> dict[str
     return {norm: int(choose(logprobs, counts, texts, norm) == right) for norm in NORMS}
 
 
-def score_items(model: Any, tokenizer: Any, items: Sequence[McqItem], system: str | None, *, batch_size: int,
-                max_tokens: int, desc: str) -> list[dict[str, int]]:
-    """Correctness per item for the model as it is now (call under `disable_adapter()` for the base)."""
-    from stages.eval.generate import chat_prompt
-    from stages.eval.perplexity import continuation_sequence, masked_logprobs
-
-    sequences = []
-    spans = []
-    for item in items:
-        prompt = chat_prompt(tokenizer, item.question, system)
-        start = len(sequences)
-        sequences.extend(continuation_sequence(tokenizer, prompt, text) for _, text in item.options)
-        spans.append((start, len(sequences)))
-    scores = masked_logprobs(model, sequences, pad_id=tokenizer.pad_token_id, batch_size=batch_size,
-                             max_tokens=max_tokens, desc=desc)
-    return [item_correct(item, scores[a:b]) for item, (a, b) in zip(items, spans, strict=True)]
-
-
 def score_continuations(model: Any, prompt_ids: Sequence[int], continuations: Sequence[Sequence[int]],
                         max_tokens: int = 0) -> list[tuple[float, int]]:
     """(sum log p, n tokens) of each continuation after one shared prompt, reading the prompt once.

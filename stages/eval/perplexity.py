@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from stages.common.modeling import length_sorted_batches
 from stages.common.progress import progress
-from stages.eval.generate import length_sorted_batches
 
 log = logging.getLogger(__name__)
 

@@ -161,9 +161,11 @@ def load_sets(paths: EvalPaths, params: dict[str, Any], system: str | None, stat
 
 ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
 RETRIEVAL_ONLY = "retrieval_only"
+QUESTION_ONLY = "question_only"  # the question itself as the answer: what restating it scores, no model
 # Each Δ names its pair: (new, reference). The first is the headline; the last keeps the model honest.
 PAIRS = (("tuned_rag", "base_closed"), ("tuned_rag", "tuned_closed"), ("tuned_rag", "base_rag"),
-         ("base_rag", "base_closed"), ("tuned_closed", "base_closed"), ("tuned_rag", RETRIEVAL_ONLY))
+         ("base_rag", "base_closed"), ("tuned_closed", "base_closed"), ("tuned_rag", RETRIEVAL_ONLY),
+         ("tuned_rag", QUESTION_ONLY))
 
 
 def is_rag(arm: str) -> bool:
@@ -353,7 +355,7 @@ def load_assistant(paths: EvalPaths, params: dict[str, Any], all_params: dict[st
 
 def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | None = None,
              all_params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate the four arms (+ retrieval_only) on every set and write all outputs; returns eval.json's content."""
+    """Evaluate the four arms (+ retrieval_only and question_only) on every set and write all outputs; returns eval.json's content."""
     from stages.common.inference import GenerationOptions
     from stages.eval.report import write_plots, write_report
 
@@ -388,6 +390,7 @@ def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | Non
             for arm in arms:
                 answers[arm], scores[arm] = run_qa_arm(assistant, items, sources, arm, params, options, eval_set.name)
             answers[RETRIEVAL_ONLY] = retrieval_only_answers(items, sources)
+            answers[QUESTION_ONLY] = [it.question for it in items]
             result, rows = score_qa_set(eval_set, answers, scores, sources, docs, doc_of, params)
             predictions.extend(rows)
         else:

@@ -40,7 +40,7 @@ def _err(row: dict[str, Any], side: str) -> tuple[float, float]:
 
 
 ARM_COLORS = {"base_closed": "#9aa5b1", "tuned_closed": "#6b8fd6", "base_rag": "#e0a458", "tuned_rag": "#2f6fde",
-              "retrieval_only": "#5c946e"}
+              "retrieval_only": "#5c946e", "question_only": "#c9c9c9"}
 
 
 def _arm_value(row: Any) -> float | None:
@@ -207,7 +207,8 @@ def render_report(report: dict[str, Any], predictions: Sequence[dict[str, Any]],
     lines = ["# Evaluation: four arms", "",
              "`base_closed` = models/base answering alone; `tuned_closed` = + models/adapter; `*_rag` = the same with "
              "the top-k retrieved excerpts in the prompt (stages.common.inference, what users get); `retrieval_only` = "
-             "the top excerpt itself cut to the reference's length, no model. ROUGE-L is mean per-example F1 (stemmed, "
+             "the top excerpt itself cut to the reference's length, no model; `question_only` = the question itself as the "
+             "answer (what restating it scores: a gain over it is not a gain from restating). ROUGE-L is mean per-example F1 (stemmed, "
              "citations removed) with a 95 % bootstrap CI; BLEU and chrF are corpus-level sacrebleu (0-100); "
              "perplexity covers the reference answer's tokens after each arm's prompt. Each Δ names its pair; its CI "
              "resamples the items together.", "",

@@ -22,6 +22,7 @@ from typing import Any
 
 from stages.common.cli import StageError
 from stages.common.metrics import StageMetrics
+from stages.common.modeling import length_sorted_batches
 from stages.common.progress import progress
 from stages.qa_gen.textutil import display_name, prose_text
 
@@ -497,12 +498,6 @@ def load_llm(model_ref: str, backend: str, params: dict[str, Any] | None = None)
     path = resolve_model(model_ref, "qa_gen.llm.model")
     log.info("llm: generating with %s (%s backend)", model_ref, backend)
     return load_generator(path, backend, params)
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped so each batch holds prompts of similar length: less padding, fewer wasted FLOPs."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), max(1, batch_size))]
 
 
 # ---------------------------------------------------------------- the generator
