@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.jsonl import iter_jsonl_lenient, write_json
+from stages.common.jsonl import iter_jsonl_lenient, read_json, write_json
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
 
@@ -205,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """A JSON file, or {} when it is not there yet (no pinned eval run, a model without provenance)."""
+    return read_json(path) if path.is_file() else {}
 
 
 if __name__ == "__main__":
