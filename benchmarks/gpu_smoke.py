@@ -168,11 +168,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # 4. eval of every arm (base/tuned, closed-book/RAG) over a retrieval index of the same chunks
     from stages.common.params import load_params
-    from stages.index.build import build_index, load_index_params
+    from stages.common.schema import IndexParams, load_stage_params
+    from stages.index.build import build_index
 
     all_params = load_params(None, REPO_ROOT / "params.yaml")
     write_jsonl(work / "chunks.jsonl", chunks)
-    index_params = load_index_params(REPO_ROOT / "params.yaml").model_copy(
+    index_params = load_stage_params("index", IndexParams, REPO_ROOT / "params.yaml").model_copy(
         update={"cache_dir": str(work / "index_cache")})
     start = time.perf_counter()
     build_index(work / "chunks.jsonl", work / "index", index_params, StageMetrics("index"))

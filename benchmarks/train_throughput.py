@@ -30,8 +30,9 @@ if str(REPO_ROOT) not in sys.path:  # also runnable as `python benchmarks/train_
 log = logging.getLogger("benchmarks.train_throughput")
 
 SYSTEM = "You are an expert on the CNCF cloud-native landscape. Answer accurately and concisely."
-MODES = {"padded": {"packing": False}, "packed": {"packing": True, "packing_layout": "rows"},
-         "flat": {"packing": True, "packing_layout": "flat"}}
+MODES = {"padded": {"packing": False}, "packed": {"packing": True, "packing_layout": "rows", "autocast": "none"},
+         "flat": {"packing": True, "packing_layout": "flat"},
+         "packed-bf16": {"packing": True, "packing_layout": "rows", "autocast": "bf16"}}
 HEADING = re.compile(r"^#{1,4}\s+(.+?)\s*#*\s*$")
 
 
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, help="override train.max_length")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--modes", default="padded,packed",
-                        help="comma list of padded, packed (BFD bins as rows), flat (trl's one-row padding-free)")
+                        help="comma list of padded, packed (BFD bins as rows), flat (trl's one-row padding-free), "
+                             "packed-bf16 (packed under CPU bf16 autocast)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

@@ -39,7 +39,7 @@ from stages.common.chat_templates import (  # noqa: F401 - re-exported: the stag
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.http import HttpClient, HttpError
 from stages.common.jsonl import sha256_file, write_json
-from stages.common.params import load_params
+from stages.common.schema import TrainParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=str(OUT_DIR), help="output model dir (default: models/base)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("train", args.params)
-    build_base_model(str(params.get("base_model", "smollm2-135m-instruct")), Path(args.out),
-                     base_dtype=str(params.get("base_dtype", "auto")))
+    params = load_stage_params("train", TrainParams, args.params)
+    build_base_model(params.base_model, Path(args.out), base_dtype=params.base_dtype)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import iter_jsonl_lenient, read_json, write_json
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
+from stages.common.schema import CompetitorsParams, EvalParams, InferenceParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any],
     """The competitor's closed and rag arms on every eval set (same items, prompts and settings as `eval`)."""
     from stages.common.inference import Assistant, GenerationOptions, InferenceSettings, load_chat_tokenizer
     from stages.common.modeling import load_causal_lm, pick_device, setup_cpu_threads
-    from stages.common.retrieval import Retriever, source_key
+    from stages.common.retrieval import Retriever, docs_by_source_key
     from stages.eval import metrics as tm
     from stages.eval.pipeline import (
         EvalPaths,
@@ -97,10 +98,7 @@ def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any],
     options = GenerationOptions(max_new_tokens=int(params["max_new_tokens"]),
                                 repetition_penalty=float(params.get("repetition_penalty", 1.0)))
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
-    docs_by_key: dict[str, set[str]] = {}  # hand-written items name their page (`checked_against`), not a doc id
-    for chunk in assistant.retriever.chunks:
-        if key := source_key(chunk.get("url") or ""):
-            docs_by_key.setdefault(key, set()).add(str(chunk["doc_id"]))
+    docs_by_key = docs_by_source_key(assistant.retriever.chunks)
     own = own_rouge_by_item(paths.predictions)
     arms = {"base_closed": f"{name}_closed", "base_rag": f"{name}_rag"}  # no adapter: the model as it ships
     out: dict[str, Any] = {}
@@ -138,9 +136,10 @@ def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any],
 
 
 def _renamed(pair: str, arms: dict[str, str]) -> str:
-    for own, theirs in arms.items():
-        pair = pair.replace(own, theirs)
-    return pair
+    """`base_rag-vs-base_closed` -> `<name>_rag-vs-<name>_closed`: each side is mapped whole (eval's arm names never
+    hold `-vs-`), so a competitor name that contains an arm name is left alone."""
+    new, _, ref = pair.partition("-vs-")
+    return f"{arms.get(new, new)}-vs-{arms.get(ref, ref)}"
 
 
 def _headline(row: dict[str, Any]) -> str:
@@ -180,15 +179,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", action="append", default=[], help="a competitor name (repeatable)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    cfg = load_stage_params("competitors", CompetitorsParams, args.params).model_dump()
+    eval_params = load_stage_params("eval", EvalParams, args.params).model_dump()
+    load_stage_params("inference", InferenceParams, args.params)
     all_params = load_params(None, args.params)
-    cfg = all_params.get("competitors") or {}
     specs = competitor_specs(cfg, args.only)
     if not specs:
         raise StageError("no competitors: add {name, model} entries under competitors.models in params.yaml")
-    batch_size = int(cfg.get("batch_size", 4))
-    if not 1 <= batch_size <= 64:
-        raise StageError(f"competitors.batch_size must be 1-64, got {batch_size}")
-    eval_params = dict(all_params.get("eval") or {})
+    batch_size = int(cfg["batch_size"])  # 1-64: the schema's range
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for name, ref in specs:
         stats = StageMetrics(f"competitors.{name}")

@@ -36,6 +36,7 @@ from typing import Any
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_json, write_json
 from stages.common.params import load_params
+from stages.common.schema import HpoParams, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
     taken = (*finished, states.RUNNING)
     stop_at = optuna.study.MaxTrialsCallback(n_trials, states=taken)
     deadline = time.monotonic() + float(params.get("max_wait_seconds", 3600))
-    max_failed = int(params.get("max_failed_trials", n_trials))  # a broken setup fails fast, not forever
+    max_failed = int(params.get("max_failed_trials") or n_trials)  # a broken setup fails fast, not forever
     while True:
         trials = study.get_trials(deepcopy=False)
         waiting = sum(t.state == states.WAITING for t in trials)  # retries of dead workers' trials, enqueued ones
@@ -439,13 +440,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clone", type=Path, help="worker: run in this clone of the repository (created if absent)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("hpo", args.params)
+    raw = load_params("hpo", args.params)
     for key, value in (("n_trials", args.trials), ("storage", args.storage), ("study_name", args.study_name)):
         if value is not None:
-            params[key] = value
-    if int(params.get("n_trials", 0)) < 1:
-        raise StageError("hpo.n_trials must be >= 1")
-    storage_kind(str(params.get("storage") or ""))  # a bad storage is refused before anything runs
+            raw[key] = value
+    # the flags are validated with the file: a bad value is refused in one line before anything runs
+    params = validate_params("hpo", HpoParams, raw).model_dump()
     if args.workers < 1:
         raise StageError("--workers must be >= 1")
     if args.mode == "worker":

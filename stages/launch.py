@@ -19,10 +19,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
-from stages.common.params import load_params
+from stages.common.schema import LaunchParams, TrainParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +29,23 @@ MODULES = {"train": "stages.train"}  # stage name -> module; only what can run u
 CONFIG_DIR = Path("configs/accelerate")
 
 
-def launch_command(stage: str, launch: dict[str, Any], extra: Sequence[str] = ()) -> list[str]:
-    """The argv that runs `stage` with `launch` settings (validated here, so a bad param fails before any run)."""
+def launch_command(stage: str, launch: LaunchParams, extra: Sequence[str] = ()) -> list[str]:
+    """The argv that runs `stage` with `launch` settings (ranges are the schema's; the config file is checked here,
+    so a bad param fails before any run)."""
     if stage not in MODULES:
         raise StageError(f"stages.launch runs {', '.join(sorted(MODULES))}, not {stage!r}")
     module = MODULES[stage]
-    try:
-        n = int(launch.get("num_processes", 1))
-        port = int(launch.get("main_process_port", 0))
-    except (TypeError, ValueError):
-        raise StageError(f"{stage}.launch.num_processes and main_process_port must be integers, got {launch}") from None
-    if n < 1 or n > 1024:
-        raise StageError(f"{stage}.launch.num_processes must be between 1 and 1024, got {n}")
-    if not 0 <= port < 65536:
-        raise StageError(f"{stage}.launch.main_process_port must be 0-65535, got {port}")
-    if n == 1:
+    if launch.num_processes == 1:
         return [sys.executable, "-m", module, *extra]
-    config = Path(str(launch.get("config") or ""))
+    config = Path(launch.config)
     if config.suffix not in (".yaml", ".yml") or config.is_absolute() or ".." in config.parts \
             or not config.is_file():
         raise StageError(f"{stage}.launch.config must be an accelerate YAML inside the project "
                          f"(e.g. {CONFIG_DIR}/ddp.yaml), got {str(config)!r}")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-           "--num_processes", str(n)]
-    if port:
-        cmd += ["--main_process_port", str(port)]
+           "--num_processes", str(launch.num_processes)]
+    if launch.main_process_port:
+        cmd += ["--main_process_port", str(launch.main_process_port)]
     return [*cmd, "-m", module, *extra]
 
 
@@ -63,10 +54,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("stage", choices=sorted(MODULES), help="the stage to run")
     args, extra = parser.parse_known_args(argv)
     setup_logging(args.log_level)
-    params = load_params(args.stage, args.params)
-    launch = params.get("launch") or {}
-    if not isinstance(launch, dict):
-        raise StageError(f"{args.stage}.launch must be a mapping, got {launch!r}")
+    launch = load_stage_params(args.stage, TrainParams, args.params).launch
     cmd = launch_command(args.stage, launch, [*(["--params", args.params] if args.params else []), *extra])
     log.info("running %s", " ".join(cmd))
     sys.stdout.flush()

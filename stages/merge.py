@@ -29,7 +29,7 @@ from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
 from stages.common.schema import MergeParams, load_stage_params
-from stages.common.text import drop_html_comments, fenced_lines, split_fences
+from stages.common.text import drop_html_comments, fenced_lines, split_fences, words
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ _HTML_TAGS = (
 )
 _TAG_RE = re.compile(rf"</?(?:{_HTML_TAGS})(?:\s[^<>]*)?/?>", re.IGNORECASE)
 _BREAK_RE = re.compile(r"<(?:br|hr)\s*/?>|</(?:p|div|li|tr|h[1-6]|blockquote|pre)>", re.IGNORECASE)
-_WORD_RE = re.compile(r"\w+")
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -139,17 +138,12 @@ def _fence_segments(text: str) -> list[tuple[bool, list[str]]]:
     return [(True, fenced_lines(seg)) if is_code else (False, seg.split("\n")) for is_code, seg in split_fences(text)]
 
 
-def tokens(text: str) -> list[str]:
-    """Lowercase, punctuation-stripped word tokens: the unit of dedup shingles and contamination n-grams."""
-    return _WORD_RE.findall(text.lower())
-
-
 def normalize_pairs(pairs: Iterable[dict[str, Any]], metrics: StageMetrics) -> list[dict[str, Any]]:
     """Clean text and drop pairs that cannot be trained on or attributed (counted by reason)."""
     kept: list[dict[str, Any]] = []
     for pair in pairs:
         pair = {**pair, "question": normalize_text(pair["question"]), "answer": normalize_text(pair["answer"])}
-        if not tokens(pair["question"]) or not tokens(pair["answer"]):
+        if not words(pair["question"], lower=True) or not words(pair["answer"], lower=True):
             metrics.inc("dropped.empty")
             continue
         if not pair["url"] or not pair["license"]:
@@ -203,7 +197,7 @@ class ContaminationIndex:
         return bool(self.full or self.short)
 
     def add(self, set_name: str, text: str) -> None:
-        toks = tokens(text)
+        toks = words(text, lower=True)
         if len(toks) < self.min_words:
             return  # "Pod" alone would contaminate every Kubernetes answer
         self._texts.append((" " + " ".join(toks) + " ", set_name))
@@ -215,7 +209,7 @@ class ContaminationIndex:
 
     def hits(self, text: str) -> set[str]:
         """Names of the eval sets that share a gram with `text`."""
-        toks = tokens(text)
+        toks = words(text, lower=True)
         found: set[str] = set()
         for i in range(len(toks) - self.n + 1):
             found |= self.full.get(tuple(toks[i:i + self.n]), set())
@@ -275,7 +269,7 @@ def exact_dedup(pairs: list[dict[str, Any]], source_priority: Sequence[str],
     seen: set[str] = set()
     kept = []
     for pair in sorted(pairs, key=lambda p: rank_key(p, source_priority)):
-        key = " ".join(tokens(pair["question"])) + "\x1f" + " ".join(tokens(pair["answer"]))
+        key = " ".join(words(pair["question"], lower=True)) + "\x1f" + " ".join(words(pair["answer"], lower=True))
         if key in seen:
             metrics.inc("dropped.exact_dup")
             continue
@@ -285,7 +279,7 @@ def exact_dedup(pairs: list[dict[str, Any]], source_priority: Sequence[str],
 
 
 def shingles(text: str, n: int = 5) -> set[bytes]:
-    toks = tokens(text)
+    toks = words(text, lower=True)
     if len(toks) <= n:
         return {" ".join(toks).encode()}
     return {" ".join(toks[i:i + n]).encode() for i in range(len(toks) - n + 1)}

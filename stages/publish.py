@@ -27,6 +27,7 @@ import yaml
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_json, read_jsonl
 from stages.common.params import load_params
+from stages.common.schema import PublishParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", choices=("all", "dataset", "model"), default="all", help="what to upload")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    load_stage_params("publish", PublishParams, args.params)  # refused in one line before anything is read
     params = load_params(None, args.params)
     uploads = plan(params, Paths(), args.only)
     if args.dry_run:

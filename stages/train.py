@@ -49,7 +49,7 @@ from stages.common.modeling import (
     world_size,
 )
 from stages.common.packing import CountingCollator, RowPackedCollator, choose_collator  # noqa: F401
-from stages.common.params import load_params
+from stages.common.schema import InferenceParams, TrainParams, load_stage_params
 from stages.common.train_callbacks import make_callbacks
 
 log = logging.getLogger(__name__)
@@ -193,12 +193,15 @@ def lora_config(params: dict[str, Any]) -> Any:
 
 
 def sft_config(params: dict[str, Any], paths: TrainPaths, device: str) -> Any:
-    """Every trainer knob in one object, from params. On CPU: fp32, no checkpointing (trl's defaults cost 16x)."""
+    """Every trainer knob in one object, from params. On CPU: fp32 or bf16 autocast, no checkpointing (trl's
+    default checkpointing costs 16x)."""
     import torch
     from trl import SFTConfig
 
     on_gpu = device == "cuda"
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    # GPU: bf16 where supported, else fp16. CPU: fp32, or bf16 autocast (weights stay fp32) when train.autocast says
+    # so; accelerate then runs each forward under torch.autocast("cpu", bfloat16).
+    bf16 = torch.cuda.is_bf16_supported() if on_gpu else params.get("autocast") == "bf16"
     packing = bool(params.get("packing", True))
     return SFTConfig(
         output_dir=str(paths.checkpoint_dir),
@@ -425,8 +428,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--index-dir", default=str(TrainPaths.index_dir), help="retrieval index (train.context=rag)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("train", args.params)
-    inference = load_params(None, args.params).get("inference") or {}
+    params = load_stage_params("train", TrainParams, args.params).model_dump()
+    inference = load_stage_params("inference", InferenceParams, args.params).model_dump()
     paths = TrainPaths(data_dir=Path(args.data_dir), base_dir=Path(args.base_dir),
                        adapter_dir=Path(args.adapter_dir), checkpoint_dir=Path(args.checkpoint_dir),
                        index_dir=Path(args.index_dir))

@@ -1,14 +1,17 @@
-"""Shared fixtures: where the shared corpus lives, a repo-root working directory."""
+"""Shared fixtures: where the shared corpus lives, a repo-root working directory, the tiny eval workspace."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("CNCF_CORPUS", REPO_ROOT.parent / "shared" / "corpus")).resolve()
+MCQ_FIXTURE = Path(__file__).parent / "data" / "eval_mcq_fixture.jsonl"
+SYSTEM = "You are an expert on the CNCF cloud-native landscape."
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,87 @@ def gradio_safe_abc():
     yield
     if saved is not None:
         abc.ABC.__provides__ = saved
+
+
+# ---------------------------------------------------------------- eval on the tiny model (test_eval, test_competitors)
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the tiny model with random B weights, so tuned != base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn_like(param) * 0.5)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def _merge_record(i: int, project: str, question: str, answer: str) -> dict[str, Any]:
+    return {"qa_id": f"q{i:03d}", "project": project, "source": "docs", "generator": "structural",
+            "doc_id": f"d{i}", "url": f"https://example.org/{i}", "license": "Apache-2.0",
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]}
+
+
+TEST_ROWS = [
+    ("Prometheus", "How does Prometheus collect metrics?", "It scrapes HTTP endpoints of instrumented jobs."),
+    ("Prometheus", "What is a recording rule?", "A rule that precomputes an expression into a new series."),
+    ("Helm", "What is a Helm chart?", "A package of templated Kubernetes resources."),
+    ("Kubernetes", "What does kubectl apply do?", "It creates or updates resources from a manifest file."),
+    ("etcd", "What is etcd?", "A distributed, reliable key-value store."),
+]
+LEAK = "a chart describes a set of kubernetes resources that helm installs into one cluster as a release"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path) -> Path:
+    """merge splits, a tiny index and a hand-written set (one item names its page by `checked_against`)."""
+    from stages.common.jsonl import write_jsonl
+
+    root = tmp_path_factory.mktemp("eval_ws")
+    write_jsonl(root / "data/merge/test.jsonl", [_merge_record(i, *row) for i, row in enumerate(TEST_ROWS)])
+    write_jsonl(root / "data/merge/train.jsonl", [
+        _merge_record(100, "Helm", "Explain charts.", f"Simply put, {LEAK}."),
+        _merge_record(101, "Kubernetes", "What is a Pod?", "The smallest deployable unit of computing."),
+    ])
+    from tests.fakes.tiny_index import build_tiny_index, make_chunk
+
+    chunks = [make_chunk(i, project, question.rstrip("?"), f"{answer} See the reference pages for details.", doc=f"d{i}")
+              for i, (project, question, answer) in enumerate(TEST_ROWS)]
+    chunks.append(make_chunk(9, "CoreDNS", "Corefile", "CoreDNS is configured by a Corefile.", doc="coredns-doc"))
+    index = build_tiny_index(root / "build", chunks)
+    index.rename(root / "data/index")
+    write_jsonl(root / "evalsets/qa.jsonl", [
+        {"id": "h1", "project": "Helm", "question": "What is a release?", "answer": f"Roughly: {LEAK}."},
+        {"id": "h2", "project": "CoreDNS", "question": "What configures CoreDNS?", "answer": "A Corefile.",
+         "checked_against": "o__coredns/docs/coredns-doc.md"},
+        {"project": "Helm", "question": ""},  # invalid: skipped with a warning
+    ])
+    return root
+
+
+def tiny_all_params(system: str = "") -> dict[str, Any]:
+    """The whole pinned params file (inference settings included) with the tiny workspace's system prompt."""
+    from tests.pinned_params import params_file
+
+    return params_file(merge={"system_prompt": system})
+
+
+def tiny_eval_params(root: Path) -> dict[str, Any]:
+    """eval params for the tiny workspace at `root` (a helper, not a fixture: tests call it with their own root)."""
+    return {"sets": [{"name": "cncf-qa", "path": str(root / "evalsets/qa.jsonl"), "format": "qa"},
+                     {"name": "cncf-mcq", "path": str(MCQ_FIXTURE), "format": "mcq"},
+                     {"name": "absent", "path": str(root / "nope.jsonl"), "format": "qa"}],
+            "max_examples": 4, "max_new_tokens": 8, "batch_size": 3, "repetition_penalty": 1.2,
+            "bootstrap_samples": 200, "seed": 42, "threads": 1}

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.pinned_params import REPO_PARAMS, params_file
+
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 
@@ -16,7 +18,7 @@ def toy_repo(root: Path, env: dict[str, str], hpo: dict, sleep_s: float = 1.5, w
     """git + DVC project at root/repo; `with_hpc` copies that hpc/ folder in (sbatch scripts run from the repo)."""
     repo = root / "repo"
     repo.mkdir(parents=True)
-    (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"x": 0.0}, "hpo": hpo}))
+    (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"x": 0.0}, "hpo": {**REPO_PARAMS["hpo"], **hpo}}))
     (repo / "objective.py").write_text(
         "import json, time, yaml\n"
         "x = yaml.safe_load(open('params.yaml'))['train']['x']\n"
@@ -58,7 +60,8 @@ def tiny_train_repo(root: Path, env: dict[str, str], hpo: dict, tiny_model_dir: 
                  "qa_id": f"{split}{i}", "project": "Prometheus", "source": "docs"} for i in range(n)]
         (repo / "inputs" / "merge").mkdir(parents=True, exist_ok=True)
         (repo / "inputs" / "merge" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (repo / "params.yaml").write_text(yaml.safe_dump({"train": TINY_TRAIN, "hpo": hpo}))
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params_file(train=dict(TINY_TRAIN, context="none", autocast="none")),
+                                                                   "hpo": {**REPO_PARAMS["hpo"], **hpo}}))
     (repo / "dvc.yaml").write_text(
         "stages:\n  train:\n    cmd: python -m stages.train --data-dir inputs/merge --base-dir inputs/base\n"
         "    deps: [inputs]\n    params: [train]\n    outs: [models/adapter]\n"

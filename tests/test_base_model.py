@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stages import base_model as bm
 from stages.common.cli import StageError, run_cli
+from tests.pinned_params import pinned
 
 CONVERSATIONS = [
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is etcd?"},
@@ -98,7 +100,7 @@ def test_hub_id_offline_is_one_fast_clear_error(monkeypatch, tmp_path: Path, cap
         bm.resolve_source("google/gemma-2-2b-it")
     assert time.perf_counter() - start < 5
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  base_model: google/gemma-2-2b-it\n")
+    params.write_text(yaml.safe_dump({"train": pinned("train", base_model="google/gemma-2-2b-it")}))
     assert run_cli(bm.main, ["--params", str(params), "--out", str(tmp_path / "base")]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if " ERROR " in line]

@@ -9,11 +9,13 @@ import pytest
 import yaml
 
 from stages.common.cli import StageError
-from tests.test_eval import _params, tiny_adapter, workspace  # noqa: F401 (fixtures)
+from stages.common.params import ParamsError
+from tests.conftest import tiny_eval_params
+from tests.pinned_params import params_file
 
 
 @pytest.fixture(scope="module")
-def project(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path,  # noqa: F811
+def project(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Path:
     """eval's default layout (data/, metrics/, params.yaml) with the pinned eval run of the tiny model done."""
     import shutil
@@ -23,10 +25,11 @@ def project(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path,  # noqa: 
     root = tmp_path_factory.mktemp("competitors")
     for sub in ("data", "evalsets"):
         shutil.copytree(workspace / sub, root / sub)
-    eval_params = {**_params(root), "sets": [{"name": "cncf-qa", "path": "evalsets/qa.jsonl", "format": "qa"},
-                                             *_params(root)["sets"][1:2]]}
-    params = {"eval": eval_params, "merge": {"system_prompt": ""},
-              "competitors": {"models": [{"name": "tiny-base", "model": str(tiny_model_dir)}], "batch_size": 3}}
+    eval_params = {**tiny_eval_params(root), "sets": [{"name": "cncf-qa", "path": "evalsets/qa.jsonl", "format": "qa"},
+                                             *tiny_eval_params(root)["sets"][1:2]]}
+    params = params_file(eval=eval_params, merge={"system_prompt": ""},
+                         competitors={"models": [{"name": "tiny-base", "model": str(tiny_model_dir)}],
+                                      "batch_size": 3})
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -59,16 +62,25 @@ def test_competitor_matches_the_same_model_inside_eval(project: Path, monkeypatc
 
 
 @pytest.mark.parametrize("models, message", [
-    ([{"name": "../escape", "model": "x"}], "letters, digits"),
-    ([{"name": "ok"}], "entries are {name, model}"),
+    ([{"name": "../escape", "model": "x"}], "competitors.models.0.name: '../escape' — "),
+    ([{"name": "ok"}], "competitors.models.0.model: missing"),
     ([], "no competitors"),
 ])
 def test_bad_competitor_params_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models: list,
                                            message: str) -> None:
     from stages.competitors import main
 
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"competitors": {"models": models}, "eval": {}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(competitors={"models": models})))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StageError, match=message):
+    with pytest.raises((StageError, ParamsError), match=message):
         main(["--params", "params.yaml"])
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_renamed_maps_whole_arm_names_only() -> None:
+    from stages.competitors import _renamed
+
+    arms = {"base_closed": "my_base_rag_closed", "base_rag": "my_base_rag_rag"}
+    assert _renamed("base_rag-vs-base_closed", arms) == "my_base_rag_rag-vs-my_base_rag_closed"
+    assert _renamed("tuned_rag-vs-base_rag", arms) == "tuned_rag-vs-my_base_rag_rag"
+    assert _renamed("base_rag-vs-retrieval_only", arms) == "my_base_rag_rag-vs-retrieval_only"

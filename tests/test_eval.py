@@ -15,9 +15,8 @@ from stages.common.jsonl import read_json, read_jsonl, write_jsonl
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 from stages.eval.mcq import McqItem, choose, item_correct, parse_item
+from tests.conftest import MCQ_FIXTURE, SYSTEM, tiny_all_params, tiny_eval_params
 
-MCQ_FIXTURE = Path(__file__).parent / "data" / "eval_mcq_fixture.jsonl"
-SYSTEM = "You are an expert on the CNCF cloud-native landscape."
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -97,69 +96,6 @@ def test_contamination_on_constructed_overlap(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- tiny model
 
-@pytest.fixture(scope="module")
-def tiny_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter on the tiny model with random B weights, so tuned != base."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn_like(param) * 0.5)
-    out = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
-    return out
-
-
-def _merge_record(i: int, project: str, question: str, answer: str) -> dict[str, Any]:
-    return {"qa_id": f"q{i:03d}", "project": project, "source": "docs", "generator": "structural",
-            "doc_id": f"d{i}", "url": f"https://example.org/{i}", "license": "Apache-2.0",
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
-                         {"role": "assistant", "content": answer}]}
-
-
-TEST_ROWS = [
-    ("Prometheus", "How does Prometheus collect metrics?", "It scrapes HTTP endpoints of instrumented jobs."),
-    ("Prometheus", "What is a recording rule?", "A rule that precomputes an expression into a new series."),
-    ("Helm", "What is a Helm chart?", "A package of templated Kubernetes resources."),
-    ("Kubernetes", "What does kubectl apply do?", "It creates or updates resources from a manifest file."),
-    ("etcd", "What is etcd?", "A distributed, reliable key-value store."),
-]
-LEAK = "a chart describes a set of kubernetes resources that helm installs into one cluster as a release"
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapter: Path) -> Path:
-    root = tmp_path_factory.mktemp("eval_ws")
-    write_jsonl(root / "data/merge/test.jsonl", [_merge_record(i, *row) for i, row in enumerate(TEST_ROWS)])
-    write_jsonl(root / "data/merge/train.jsonl", [
-        _merge_record(100, "Helm", "Explain charts.", f"Simply put, {LEAK}."),
-        _merge_record(101, "Kubernetes", "What is a Pod?", "The smallest deployable unit of computing."),
-    ])
-    from tests.fakes.tiny_index import build_tiny_index, make_chunk
-
-    chunks = [make_chunk(i, project, question.rstrip("?"), f"{answer} See the reference pages for details.", doc=f"d{i}")
-              for i, (project, question, answer) in enumerate(TEST_ROWS)]
-    chunks.append(make_chunk(9, "CoreDNS", "Corefile", "CoreDNS is configured by a Corefile.", doc="coredns-doc"))
-    index = build_tiny_index(root / "build", chunks)
-    index.rename(root / "data/index")
-    write_jsonl(root / "evalsets/qa.jsonl", [
-        {"id": "h1", "project": "Helm", "question": "What is a release?", "answer": f"Roughly: {LEAK}."},
-        {"id": "h2", "project": "CoreDNS", "question": "What configures CoreDNS?", "answer": "A Corefile.",
-         "checked_against": "o__coredns/docs/coredns-doc.md"},
-        {"project": "Helm", "question": ""},  # invalid: skipped with a warning
-    ])
-    return root
-
-
 def _paths(root: Path, out: str, base: Path, adapter: Path) -> Any:
     from stages.eval.pipeline import EvalPaths
 
@@ -169,19 +105,11 @@ def _paths(root: Path, out: str, base: Path, adapter: Path) -> Any:
                      plots_dir=root / out / "metrics/eval_plots")
 
 
-def _params(root: Path) -> dict[str, Any]:
-    return {"sets": [{"name": "cncf-qa", "path": str(root / "evalsets/qa.jsonl"), "format": "qa"},
-                     {"name": "cncf-mcq", "path": str(MCQ_FIXTURE), "format": "mcq"},
-                     {"name": "absent", "path": str(root / "nope.jsonl"), "format": "qa"}],
-            "max_examples": 4, "max_new_tokens": 8, "batch_size": 3, "repetition_penalty": 1.2,
-            "bootstrap_samples": 200, "seed": 42, "threads": 1}
-
-
 @pytest.fixture(scope="module")
 def eval_run(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path) -> dict[str, Any]:
     from stages.eval.pipeline import run_eval
 
-    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), _params(workspace))
+    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_all_params())
 
 
 ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
@@ -238,9 +166,9 @@ def test_eval_answers_are_what_the_inference_core_gives(eval_run: dict[str, Any]
     from stages.common.inference import GenerationOptions
     from stages.eval.pipeline import load_assistant
 
-    params = _params(workspace)
+    params = tiny_eval_params(workspace)
     assistant, _ = load_assistant(_paths(workspace, "x", tiny_model_dir, tiny_adapter), params,
-                                  {"merge": {"system_prompt": SYSTEM}})
+                                  tiny_all_params(SYSTEM))
     pred = next(p for p in read_jsonl(workspace / "run1/data/eval/predictions.jsonl") if p["set"] == "merge-test")
     options = GenerationOptions(max_new_tokens=params["max_new_tokens"], repetition_penalty=1.2)
     conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": pred["question"]}]
@@ -285,7 +213,7 @@ def test_rerun_is_byte_identical(eval_run: dict[str, Any], workspace: Path, tiny
                                  tiny_adapter: Path) -> None:
     from stages.eval.pipeline import run_eval
 
-    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), _params(workspace))
+    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_all_params())
     for rel in ("data/eval/predictions.jsonl", "metrics/report.md"):
         assert (workspace / "run1" / rel).read_bytes() == (workspace / "run2" / rel).read_bytes(), rel
 
@@ -315,14 +243,19 @@ def test_perplexity_counts_assistant_tokens_only(tiny_model_dir: Path) -> None:
     assert scores[1][0] == pytest.approx(manual, rel=1e-4)  # padding in the batch changed nothing
 
 
-def test_cli_missing_inputs_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_missing_inputs_is_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
     from stages.common.cli import run_cli
     from stages.eval.__main__ import main
+    from tests.pinned_params import params_file
 
-    (tmp_path / "params.yaml").write_text("eval:\n  sets: []\n  max_examples: 5\n  batch_size: 2\n"
-                                          "  max_new_tokens: 4\n", encoding="utf-8")
+    params = params_file(eval={"sets": [], "max_examples": 5, "batch_size": 2, "max_new_tokens": 4})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert run_cli(main, ["--params", "params.yaml"]) == 1
+    assert "data/merge/test.jsonl not found" in capsys.readouterr().err  # the inputs, not the params
 
 
 def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_dir: Path, tiny_adapter: Path,
@@ -333,8 +266,8 @@ def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_
     test.parent.mkdir(parents=True)
     shutil.copytree(workspace / "data/index", tmp_path / "data/index")
     test.write_text('{"qa_id": "x", "messages": [{"role": "user", "content": "q?"}]}\n{not json\n', encoding="utf-8")
-    params = {**_params(tmp_path), "sets": []}
-    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params)
+    params = {**tiny_eval_params(tmp_path), "sets": []}
+    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params, tiny_all_params())
     assert report["sets"]["merge-test"]["n"] == 0
     assert report["run"]["dropped"]["merge-test"] == {"bad_json": 1, "invalid": 1}
     saved = json.loads((tmp_path / "out/metrics/eval.json").read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from stages.eval.metrics import words
+from stages.common.text import words
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def item_text(row: dict[str, Any]) -> str:
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    tokens = words(text)
+    tokens = words(text, lower=True)
     return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
@@ -162,7 +162,7 @@ def test_paraphrase_check_can_fail(corpus: Path) -> None:
     """The n-gram check catches a sentence lifted from a document (so the test above is not vacuous)."""
     doc_path = corpus / "repos" / "prometheus__docs" / "docs" / "introduction" / "overview.md"
     doc = doc_path.read_text(encoding="utf-8")
-    lifted = " ".join(words(doc)[200:215])
+    lifted = " ".join(words(doc, lower=True)[200:215])
     assert ngrams(f"What is this?\n{lifted}", 13) & ngrams(doc, 13)
     assert not ngrams("What is this?\nSomething said in other words entirely.", 13) & ngrams(doc, 13)
 

@@ -11,11 +11,13 @@ import pytest
 
 from stages.common.cli import StageError
 from stages.common.metrics import StageMetrics
+from stages.common.params import ParamsError
 from stages.export.__main__ import run_export, validate
+from tests.pinned_params import params_file
 
 PROMPTS = ["What is a Kubernetes Pod?", "How does Prometheus scrape metrics?", "What is etcd used for?"]
 CFG_PARAMS: dict[str, Any] = {
-    "name": "tiny-llm", "file_types": ["f16", "q8_0"], "check_prompts": PROMPTS,
+    "name": "tiny-llm", "file_types": ["f16", "q8_0"], "check_prompts": PROMPTS, "system_prompt": "",
     "min_top1_agreement": {"f16": 0.99, "q8_0": 0.9}, "runtime": {"temperature": 0.0, "repeat_penalty": 1.2},
 }
 
@@ -107,8 +109,9 @@ def test_wrong_qk_layout_fails_the_check(tiny_model_dir: Path, adapter_dir: Path
     ({"runtime": {"rm -rf": 1}}, "export.runtime"),
 ])
 def test_bad_params_are_refused(change: dict[str, Any], message: str) -> None:
-    with pytest.raises(StageError, match=message):
+    with pytest.raises(ParamsError, match=message) as err:
         validate({**CFG_PARAMS, **change}, "system")
+    assert "\n" not in str(err.value)
 
 
 def test_cli_writes_metrics_on_failure(tmp_path: Path) -> None:
@@ -119,7 +122,7 @@ def test_cli_writes_metrics_on_failure(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     import yaml
 
-    params.write_text(yaml.safe_dump({"export": CFG_PARAMS, "merge": {"system_prompt": "s"}}))
+    params.write_text(yaml.safe_dump(params_file(export=CFG_PARAMS, merge={"system_prompt": "s"})))
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "config.json").write_text("{}")
     metrics = tmp_path / "export.json"

@@ -14,37 +14,49 @@ import pytest
 import yaml
 
 from stages.common.cli import StageError
+from stages.common.params import ParamsError
+from stages.common.schema import LaunchParams, TrainParams, validate_params
 from stages.launch import launch_command
+from tests.pinned_params import pinned
 from tests.test_pipeline_e2e import copy_project, run
 from tests.test_train import PARAMS, make_data
 
 CPU_DDP = "configs/accelerate/cpu_ddp.yaml"
 
 
+def _launch(**values: object) -> LaunchParams:
+    return validate_params("train", TrainParams, pinned("train", launch=values)).launch
+
+
 def test_one_process_is_plain_python() -> None:
-    assert launch_command("train", {"num_processes": 1}) == [sys.executable, "-m", "stages.train"]
+    assert launch_command("train", _launch(num_processes=1)) == [sys.executable, "-m", "stages.train"]
 
 
 def test_several_processes_go_through_accelerate(repo_root: Path, monkeypatch) -> None:
     monkeypatch.chdir(repo_root)
-    cmd = launch_command("train", {"num_processes": 4, "config": "configs/accelerate/fsdp.yaml",
-                                   "main_process_port": 29600}, ["--params", "p.yaml"])
+    cmd = launch_command("train", _launch(num_processes=4, config="configs/accelerate/fsdp.yaml",
+                                          main_process_port=29600), ["--params", "p.yaml"])
     assert cmd == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
                    "--num_processes", "4", "--main_process_port", "29600", "-m", "stages.train", "--params", "p.yaml"]
 
 
 @pytest.mark.parametrize(("launch", "message"), [
-    ({"num_processes": 0}, "between 1 and 1024"),
-    ({"num_processes": "two"}, "must be integers"),
-    ({"num_processes": 2, "config": "/etc/passwd.yaml"}, "inside the project"),
-    ({"num_processes": 2, "config": "../outside/ddp.yaml"}, "inside the project"),
-    ({"num_processes": 2, "config": "configs/accelerate/missing.yaml"}, "inside the project"),
-    ({"num_processes": 2, "config": CPU_DDP, "main_process_port": 70000}, "0-65535"),
+    ({"num_processes": 0}, "train.launch.num_processes: 0 — must be an integer ≥ 1"),
+    ({"num_processes": "two"}, "train.launch.num_processes: 'two' — must be an integer"),
+    ({"num_processes": 2, "config": CPU_DDP, "main_process_port": 70000},
+     "train.launch.main_process_port: 70000 — must be an integer ≤ 65535"),
 ])
-def test_bad_launch_params_are_refused_in_one_line(repo_root: Path, monkeypatch, launch, message) -> None:
+def test_bad_launch_params_are_refused_in_one_line(launch, message) -> None:
+    with pytest.raises(ParamsError) as err:
+        _launch(**launch)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("config", ["/etc/passwd.yaml", "../outside/ddp.yaml", "configs/accelerate/missing.yaml"])
+def test_launch_config_outside_the_project_is_refused(repo_root: Path, monkeypatch, config) -> None:
     monkeypatch.chdir(repo_root)
-    with pytest.raises(StageError, match=message):
-        launch_command("train", launch)
+    with pytest.raises(StageError, match="inside the project"):
+        launch_command("train", _launch(num_processes=2, config=config))
 
 
 def _free_port() -> int:
@@ -67,7 +79,8 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
     (project / "data" / "index").mkdir(parents=True)  # a dep of the stage; read only with train.context=rag
     (project / "data" / "index" / "meta.json").write_text("{}")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"] = {**PARAMS, "max_steps": 2, "save_steps": 10, "eval_before_train": False,
+    params["train"] = {**params["train"], **PARAMS, "context": "none", "autocast": "none", "max_steps": 2,
+                       "save_steps": 10, "eval_before_train": False,
                        "launch": {"num_processes": 2, "config": CPU_DDP, "main_process_port": _free_port()}}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -93,7 +106,7 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
 
 # ------------------------------------------------------------------------------------------- params profiles
 @pytest.mark.parametrize("profile", sorted(Path(__file__).resolve().parents[1].glob("configs/profiles/*.yaml")))
-def test_profiles_only_set_existing_params(repo_root: Path, profile: Path) -> None:
+def test_profiles_only_set_existing_params(repo_root: Path, profile: Path, monkeypatch) -> None:
     from stages.common.profiles import profile_flags
 
     flags = profile_flags(profile, repo_root / "params.yaml")
@@ -101,7 +114,9 @@ def test_profiles_only_set_existing_params(repo_root: Path, profile: Path) -> No
     assert flags[0::2] == ["-S"] * len(settings)
     assert settings["train.quantization"] == "4bit" and settings["train.base_dtype"] == "auto"
     launch = {k.removeprefix("train.launch."): v for k, v in settings.items() if k.startswith("train.launch.")}
-    launch_command("train", {"config": "configs/accelerate/ddp.yaml", **launch})  # valid as the stage reads it
+    monkeypatch.chdir(repo_root)
+    values = {k: yaml.safe_load(v) for k, v in launch.items()}  # the -S values, as DVC writes them to params.yaml
+    launch_command("train", _launch(**{"config": "configs/accelerate/ddp.yaml", **values}))  # valid as the stage reads it
 
 
 def test_profile_with_an_unknown_key_is_refused(repo_root: Path, tmp_path: Path) -> None:

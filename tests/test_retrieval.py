@@ -141,3 +141,30 @@ def test_bad_index_param_is_one_line_and_touches_nothing(tmp_path, repo_root):
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "index.candidates" in errors[0], result.stderr
     assert (out_dir / "keep.txt").read_text() == "previous output"
+
+
+BM25_BUILD = """
+import hashlib, json, pathlib, sys, tempfile
+import bm25s
+from stages.common.retrieval import bm25_tokenize
+texts = json.loads(sys.argv[1])
+bm25 = bm25s.BM25()
+bm25.index(bm25_tokenize(texts), show_progress=False)
+out = pathlib.Path(tempfile.mkdtemp())
+bm25.save(str(out))
+print(hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.iterdir()))).hexdigest())
+"""
+
+
+def test_bm25_index_bytes_do_not_depend_on_the_hash_seed(repo_root):
+    """bm25s numbers stems in `set` order; bm25_tokenize renumbers them so the saved index is byte-stable."""
+    import os
+
+    texts = json.dumps([c["text"] for c in CHUNKS])
+    digests = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        run = subprocess.run([sys.executable, "-c", BM25_BUILD, texts], cwd=repo_root, env=env, capture_output=True,
+                             text=True, check=True, timeout=120)
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1, digests

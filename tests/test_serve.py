@@ -218,12 +218,13 @@ def test_cli_serves_and_refuses_bad_flags(tiny_model_dir: Path, tmp_path: Path) 
 
     import yaml
 
+    from tests.pinned_params import params_file
     from tests.serve_helpers import free_port
 
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"merge": {"system_prompt": "You are a CNCF expert."},
-                                      "train": {"quantization": "none"},
-                                      "inference": {"k": 2, "max_new_tokens": 8, "retrieval_mode": "bm25"}}))
+    params.write_text(yaml.safe_dump(params_file(
+        merge={"system_prompt": "You are a CNCF expert."}, train={"quantization": "none"},
+        inference={"k": 2, "max_new_tokens": 8, "retrieval_mode": "bm25", "autocast": "none"})))
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CNCF_LLM_API_KEY": "sk-cli-secret"}
     bad = subprocess.run([sys.executable, "-m", "stages.serve", "--max-batch", "0"], capture_output=True, text=True,

@@ -196,9 +196,12 @@ def test_cli_trains_padded_batches(base_dir: Path, data_dir: Path, tmp_path: Pat
 
     from stages.common.cli import run_cli
     from stages.train import main
+    from tests.pinned_params import params_file
 
     params = dict(PARAMS, packing=False, max_steps=2, save_steps=10, max_eval_examples=4, eval_before_train=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": params}))
+    # the pinned params.yaml under the test's values (closed-book, fp32: what the dict-driven tests run)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(train=dict(params, context="none",
+                                                                                autocast="none"))))
     monkeypatch.chdir(tmp_path)
     args = ["--data-dir", str(data_dir), "--base-dir", str(base_dir)]
     assert run_cli(main, args) == 0

@@ -27,6 +27,7 @@ def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path, gradi
     from stages.export.__main__ import run_export, validate
     from stages.serve.server import ServeConfig, create_app
     from stages.train import train
+    from tests.pinned_params import params_file
     from tests.test_train import PARAMS, make_data, make_paths
 
     # train: the real stage, a few LoRA steps
@@ -39,7 +40,8 @@ def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path, gradi
 
     # export: merged + GGUF, checked against the merged model
     cfg = validate({"name": "cncf-llm", "file_types": ["f16", "q8_0"], "check_prompts": [QUESTION, "What is etcd?"],
-                    "min_top1_agreement": {"f16": 0.99, "q8_0": 0.9}, "runtime": {"temperature": 0.0}},
+                    "min_top1_agreement": {"f16": 0.99, "q8_0": 0.9}, "runtime": {"temperature": 0.0},
+                    "system_prompt": ""},
                    "You are a CNCF expert.")
     exported = run_export(cfg, base, paths.adapter_dir, tmp_path / "models", StageMetrics("export"))
     assert exported["gguf"]["f16"]["passed"] and exported["gguf"]["q8_0"]["passed"]
@@ -47,9 +49,9 @@ def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path, gradi
 
     # the assistant users get: base + trained adapter + index, from a params file
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"merge": {"system_prompt": "You are a CNCF expert."},
-                                      "train": {"quantization": "none"},
-                                      "inference": {"k": 2, "max_new_tokens": 12, "retrieval_mode": "bm25"}}))
+    params.write_text(yaml.safe_dump(params_file(
+        merge={"system_prompt": "You are a CNCF expert."}, train={"quantization": "none"},
+        inference={"k": 2, "max_new_tokens": 12, "retrieval_mode": "bm25", "autocast": "none"})))
     assistant = Assistant.from_params(params, base_dir=base, adapter_dir=paths.adapter_dir,
                                       index_dir=tiny_index(tmp_path))
     options = replace(assistant.default_options(), temperature=1.0, seed=3)

@@ -83,14 +83,20 @@ class InferenceSettings:
     max_new_tokens: int = 256
     repetition_penalty: float = 1.2
     retrieval_mode: str = "hybrid"
+    autocast: str = "none"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> InferenceSettings:
-        inf = params.get("inference") or {}
+        """`params` is the whole params file: `inference:` is validated (ParamsError, one line), `merge:` gives
+        the system prompt training used."""
+        from stages.common.schema import InferenceParams, validate_params
+
+        inf = validate_params("inference", InferenceParams, params.get("inference"))
         system = str((params.get("merge") or {}).get("system_prompt") or "")
-        known = {k: inf[k] for k in ("k", "excerpt_words", "max_prompt_tokens", "max_new_tokens",
-                                     "repetition_penalty", "retrieval_mode") if k in inf}
-        return cls(system_prompt=system, **known)
+        return cls(system_prompt=system, k=inf.k, excerpt_words=inf.excerpt_words,
+                   max_prompt_tokens=inf.max_prompt_tokens, max_new_tokens=inf.max_new_tokens,
+                   repetition_penalty=inf.repetition_penalty, retrieval_mode=inf.retrieval_mode,
+                   autocast=inf.autocast)
 
 
 def format_sources(sources: Sequence[Source]) -> str:
@@ -140,6 +146,7 @@ class Assistant:
         from stages.common.modeling import load_causal_lm, pick_device, setup_cpu_threads
         from stages.common.params import load_params
         from stages.common.retrieval import Retriever
+        from stages.common.schema import TrainParams, validate_params
 
         params = load_params(None, params_path)
         settings = InferenceSettings.from_params(params)
@@ -151,7 +158,7 @@ class Assistant:
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise StageError(f"no adapter at {adapter}: run `dvc repro train`, or pass --base-only")
         tokenizer = load_chat_tokenizer(adapter or base_dir)
-        quantization = str((params.get("train") or {}).get("quantization", "none"))
+        quantization = validate_params("train", TrainParams, params.get("train")).quantization
         model = load_causal_lm(base_dir, quantization, device)
         if adapter is not None:
             from peft import PeftModel
@@ -291,6 +298,12 @@ class Assistant:
         return GenerationOptions(max_new_tokens=self.settings.max_new_tokens,
                                  repetition_penalty=self.settings.repetition_penalty)
 
+    def compute(self) -> Any:
+        """The model's compute context (`inference.autocast`): enter it in the thread that runs the model."""
+        from stages.common.modeling import compute_context
+
+        return compute_context(next(self.model.parameters()).device.type, self.settings.autocast)
+
     @contextlib.contextmanager
     def base_only(self) -> Iterator[None]:
         """Answer with the adapter switched off (the base model), on the same weights and prompts."""
@@ -341,7 +354,7 @@ class Assistant:
             top_k=None, stop_strings=list(options.stop) or None)
         if options.seed is not None:
             torch.manual_seed(options.seed)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.compute():
             return self.model.generate(**inputs, generation_config=config, streamer=streamer,
                                        logits_processor=answer_repetition_penalty(options.repetition_penalty,
                                                                                   inputs["input_ids"].shape[1]),

@@ -49,6 +49,21 @@ def pick_dtype(device: str) -> Any:
     return torch.float32
 
 
+def compute_context(device: str, autocast: str) -> Any:
+    """bf16 autocast on CPU when `autocast` is "bf16" (fp32 weights, bf16 matmuls: ~1.8x per prefill on CPUs with
+    AVX-512-BF16/AMX, measured in benchmarks/train_throughput.py); otherwise no change. GPUs run in their load dtype.
+
+    Autocast state is per thread: enter it in the thread that runs the model (the streaming path runs generate in
+    a worker thread)."""
+    import contextlib
+
+    import torch
+
+    if device == "cpu" and autocast == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def world_size() -> int:
     """Processes in this launch (`accelerate launch`/torchrun set WORLD_SIZE); 1 for a plain `python -m`."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -10,13 +10,14 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+from stages.common.text import words
+
 ABSTAIN = "The documentation excerpts I have do not cover this."
 ABSTAIN_RE = re.compile(r"\b(do(?:es)? not|don't|doesn't) cover\b|\bnot covered\b|\bno information\b", re.IGNORECASE)
 CITATION_RE = re.compile(r"\[(\d{1,2})\]")
 INSTRUCTION = ("Answer the question with the facts in the numbered documentation excerpts and cite the excerpt "
                "you used as [n]. If they do not cover it, say so.")
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n+")
-_WORD = re.compile(r"\w+")
 
 
 class Excerpt(Protocol):
@@ -33,11 +34,10 @@ def best_window(text: str, question: str, max_words: int) -> str:
     Chunks run to 300 words; a prompt holds a few excerpts of ~100. Cutting every chunk at its start would drop
     the part a question is about; choosing by the question (never by the answer) keeps that part and leaks nothing.
     """
-    words = text.split()
-    if len(words) <= max_words:
+    if len(text.split()) <= max_words:
         return text.strip()
     sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
-    wanted = {w.lower() for w in _WORD.findall(question) if len(w) > 2}
+    wanted = set(words(question, lower=True, min_len=3))
     best, best_score = "", -1.0
     for start in range(len(sentences)):
         taken: list[str] = []
@@ -49,7 +49,7 @@ def best_window(text: str, question: str, max_words: int) -> str:
             taken.append(sentence)
             n += size
         window = " ".join(taken)
-        overlap = len(wanted & {w.lower() for w in _WORD.findall(window)})
+        overlap = len(wanted & set(words(window, lower=True)))
         score = overlap - 0.01 * start  # ties go to the earlier window (definitions come first)
         if score > best_score:
             best, best_score = window, score

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +40,16 @@ def source_key(url: str) -> str | None:
     """`<owner>__<repo>/<path>` of a GitHub blob URL (how the eval sets name their documents), else None."""
     match = GITHUB_BLOB.match(url or "")
     return f"{match[1]}__{match[2]}/{match[3]}" if match else None
+
+
+def docs_by_source_key(chunks: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """`source_key(url)` -> doc ids of the chunks from that page: hand-written eval items name their page
+    (`checked_against`), not a doc id."""
+    docs: dict[str, set[str]] = {}
+    for chunk in chunks:
+        if key := source_key(chunk.get("url") or ""):
+            docs.setdefault(key, set()).add(str(chunk["doc_id"]))
+    return docs
 
 
 @dataclass(frozen=True)
@@ -105,10 +115,18 @@ def _stemmer() -> Any:
 
 
 def bm25_tokenize(texts: Sequence[str]) -> Any:
-    """bm25s tokens: lower-cased, English stop words out, Snowball-stemmed (same for corpus and queries)."""
-    import bm25s
+    """bm25s tokens: lower-cased, English stop words out, Snowball-stemmed (same for corpus and queries).
 
-    return bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
+    BM25 keeps its own tokenizer (not stages.common.text.words): stemming and stop words are what BM25 needs. bm25s
+    numbers the stems in `set` order, which follows Python's per-process string hash salt, so the saved index
+    would differ between runs; the stems are renumbered in sorted order here (same scores, byte-stable index)."""
+    import bm25s
+    from bm25s.tokenization import Tokenized
+
+    tokenized = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer(), show_progress=False)
+    vocab = {stem: i for i, stem in enumerate(sorted(tokenized.vocab))}
+    new_id = {old: vocab[stem] for stem, old in tokenized.vocab.items()}
+    return Tokenized(ids=[[new_id[i] for i in doc] for doc in tokenized.ids], vocab=vocab)
 
 
 _NAME_CACHE: dict[tuple[str, ...], list[tuple[re.Pattern[str], str]]] = {}

@@ -214,6 +214,213 @@ class MergeParams(StageParams):
     source_priority: Annotated[list[Literal["docs", "stackoverflow"]], Field(min_length=1)]
 
 
+# ------------------------------------------------------------------------------------------ index
+class IndexParams(StageParams):
+    embedding_model: NonEmptyStr
+    max_seq_length: Annotated[int, Field(ge=16, le=8192)]
+    batch_size: Annotated[int, Field(ge=1, le=4096)]
+    cache_dir: NonEmptyStr
+    dense_backend: Literal["exact", "usearch"]
+    rrf_k: Annotated[int, Field(ge=1, le=10000)]
+    bm25_weight: Annotated[float, Field(ge=0, le=100)]
+    dense_weight: Annotated[float, Field(ge=0, le=100)]
+    candidates: Annotated[int, Field(ge=1, le=10000)]
+    project_filter: Literal["none", "boost", "filter"]
+    eval_k: Annotated[list[PositiveInt], Field(min_length=1)]
+    latency_queries: Annotated[int, Field(ge=0, le=100000)]
+
+
+# ------------------------------------------------------------------------------------------ inference
+Autocast = Literal["none", "bf16"]
+Quantization = Literal["none", "4bit", "8bit"]
+
+
+class InferenceParams(StageParams):
+    k: Annotated[int, Field(ge=0, le=50)]
+    excerpt_words: PositiveInt
+    max_prompt_tokens: Annotated[int, Field(ge=64)]
+    max_new_tokens: PositiveInt
+    repetition_penalty: Annotated[float, Field(gt=0)]
+    retrieval_mode: Literal["bm25", "dense", "hybrid"]
+    autocast: Autocast
+
+
+# ------------------------------------------------------------------------------------------ train (+ base_model)
+class RaftParams(StageParams):
+    p_gold: Fraction
+    closed_book_fraction: Fraction
+    no_gold_target: Literal["answer", "abstain"]
+
+
+class LaunchParams(StageParams):
+    num_processes: Annotated[int, Field(ge=1, le=1024)]
+    config: str
+    main_process_port: Annotated[int, Field(ge=0, le=65535)]
+
+
+class TrainParams(StageParams):
+    base_model: NonEmptyStr
+    base_dtype: Literal["auto", "float32", "bfloat16", "float16"]
+    quantization: Quantization
+    lora_r: PositiveInt
+    lora_alpha: PositiveInt
+    lora_dropout: Annotated[float, Field(ge=0.0, lt=1.0)]
+    target_modules: NonEmptyStr | Annotated[list[NonEmptyStr], Field(min_length=1)]
+    context: Literal["none", "rag"]
+    raft: RaftParams
+    max_length: Annotated[int, Field(ge=16)]
+    packing: bool
+    packing_layout: Literal["rows", "flat"]
+    learning_rate: Annotated[float, Field(gt=0)]
+    lr_scheduler: NonEmptyStr
+    warmup_ratio: Annotated[float, Field(ge=0)]
+    epochs: Annotated[int | float, Field(gt=0)]  # an int stays an int (the run fingerprint hashes it)
+    max_steps: Annotated[int, Field(ge=-1)]
+    batch_size: PositiveInt
+    grad_accum: PositiveInt
+    max_train_examples: NonNegativeInt
+    max_eval_examples: NonNegativeInt
+    eval_before_train: bool
+    seed: int
+    save_steps: PositiveInt
+    logging_steps: PositiveInt
+    merge: bool
+    gradient_checkpointing: bool
+    autocast: Autocast
+    launch: LaunchParams
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainParams:
+        _require(self.max_steps != 0, "max_steps",
+                 "train.max_steps: 0 — must be > 0 (a cap on optimizer steps) or -1 (train.epochs decides)")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ eval
+EvalArm = Literal["base_closed", "tuned_closed", "base_rag", "tuned_rag"]
+
+
+class EvalSetSpec(StageParams):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    path: NonEmptyStr
+    format: Literal["qa", "mcq"]
+
+
+class EvalParams(StageParams):
+    sets: list[EvalSetSpec]
+    arms: Annotated[list[EvalArm], Field(min_length=1)]
+    max_examples: NonNegativeInt
+    max_new_tokens: PositiveInt
+    batch_size: PositiveInt
+    repetition_penalty: Annotated[float, Field(gt=0)]
+    bootstrap_samples: PositiveInt
+    seed: int
+    max_prompt_tokens: Annotated[int, Field(ge=64)]
+    max_length: Annotated[int, Field(ge=16)]
+    contamination_ngram: Annotated[int, Field(ge=3, le=64)]
+    system_prompt: str
+    threads: NonNegativeInt
+    quantization: Quantization
+
+    @model_validator(mode="after")
+    def _set_names(self) -> EvalParams:
+        names = [s.name for s in self.sets]
+        _require("merge-test" not in names and len(set(names)) == len(names), "set_names",
+                 f"eval.sets: {names!r} — names must be unique and not merge-test (the merge test split)")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ hpo
+class HpoFloat(StageParams):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False  # a distribution's shape, not a pipeline default: omitted means uniform
+
+
+class HpoInt(StageParams):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: PositiveInt = 1
+    log: bool = False
+
+
+class HpoCategorical(StageParams):
+    type: Literal["categorical"]
+    choices: Annotated[list[Any], Field(min_length=1)]
+
+
+HpoSpace = Annotated[HpoFloat | HpoInt | HpoCategorical, Field(discriminator="type")]
+
+
+class HpoParams(StageParams):
+    n_trials: PositiveInt
+    n_startup_trials: NonNegativeInt
+    target: NonEmptyStr
+    metric: Annotated[str, Field(pattern=r"^[^:]+:.+$")]
+    direction: Literal["minimize", "maximize"]
+    seed: int
+    storage: Annotated[str, Field(pattern=r"^(|sqlite:.*|journal:.*|postgresql.*)$")]
+    study_name: NonEmptyStr
+    workdir: NonEmptyStr
+    heartbeat_interval: PositiveInt
+    grace_period: PositiveInt
+    max_retry: NonNegativeInt
+    prune_on: str
+    prune_warmup_steps: NonNegativeInt
+    poll_seconds: Annotated[float, Field(gt=0)]
+    max_wait_seconds: Annotated[float, Field(gt=0)]
+    max_failed_trials: NonNegativeInt
+    space: Annotated[dict[NonEmptyStr, HpoSpace], Field(min_length=1)]
+
+
+# ------------------------------------------------------------------------------------------ export
+ExportFileType = Literal["f16", "q8_0"]  # stages/export/gguf_file.py FILE_TYPES
+
+
+class ExportRuntime(StageParams):
+    temperature: Annotated[float, Field(ge=0)] | None = None  # an option left out is the runtime's own default
+    top_p: Fraction | None = None
+    repeat_penalty: Annotated[float, Field(gt=0)] | None = None
+    num_ctx: PositiveInt | None = None
+
+
+class ExportParams(StageParams):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    file_types: Annotated[list[ExportFileType], Field(min_length=1)]
+    system_prompt: str
+    check_prompts: Annotated[list[Annotated[str, Field(pattern=r"\S")]], Field(min_length=1)]
+    min_top1_agreement: dict[ExportFileType, Fraction]
+    runtime: ExportRuntime
+
+    @model_validator(mode="after")
+    def _threshold_per_type(self) -> ExportParams:
+        missing = [ft for ft in self.file_types if ft not in self.min_top1_agreement]
+        _require(not missing, "thresholds",
+                 f"export.min_top1_agreement: {dict(self.min_top1_agreement)!r} — needs a number in [0, 1] for "
+                 f"{', '.join(missing)}")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ publish, competitors
+class PublishParams(StageParams):
+    dataset_repo: Annotated[str, Field(pattern=r"^$|^[\w.-]+/[\w.-]+$")]
+    model_repo: Annotated[str, Field(pattern=r"^$|^[\w.-]+/[\w.-]+$")]
+    private: bool
+    base_model_id: str
+
+
+class CompetitorModel(StageParams):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    model: NonEmptyStr
+
+
+class CompetitorsParams(StageParams):
+    models: list[CompetitorModel]
+    batch_size: Annotated[int, Field(ge=1, le=64)]
+
+
 # ------------------------------------------------------------------------------------------ loader
 def load_stage_params(section: str, model: type[M], path: str | Path = DEFAULT_PARAMS) -> M:
     """The section of the params file as a validated `model`; ParamsError (one line) when it is not valid."""

@@ -16,11 +16,16 @@ import html
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from html.parser import HTMLParser
 from typing import Any
 
 CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-WORD_RE = re.compile(rf"[{CJK}]|[^\s{CJK}]+")
+# What a word is, per use; `words(text, kind)` is the one tokenizer over them (BM25 keeps its own in retrieval).
+WORD_KINDS = {
+    "space": re.compile(rf"[{CJK}]|[^\s{CJK}]+"),  # whitespace-separated, each CJK character one: sizes budgets
+    "word": re.compile(r"\w+"),  # letter/digit/underscore runs: word matching, dedup shingles, n-grams
+    "identifier": re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:+-]*[A-Za-z0-9]|[A-Za-z0-9]"),  # `kube-proxy`, `v1.2` whole
+}
+WORD_RE = WORD_KINDS["space"]
 BLANKS_RE = re.compile(r"\n{3,}")
 # Tags that are markup, not content; anything else in angle brackets (`<pod-name>`) is a placeholder and stays.
 HTML_TAGS = frozenset(
@@ -39,9 +44,19 @@ ADMONITION_RE = re.compile(r"[ \t]*:::[ \t]*(\w+)?")
 FENCE_RE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")  # one fence line (re-fencing a cut code block)
 
 
+def words(text: str, kind: str = "word", *, lower: bool = False, min_len: int = 1,
+          stopwords: frozenset[str] = frozenset()) -> list[str]:
+    """The word tokens of `text` (see WORD_KINDS); `lower` lowercases the text first, and `min_len`/`stopwords`
+    keep content words only (applied to the tokens as returned)."""
+    tokens = WORD_KINDS[kind].findall(text.lower() if lower else text)
+    if min_len > 1 or stopwords:
+        return [t for t in tokens if len(t) >= min_len and t not in stopwords]
+    return tokens
+
+
 def count_words(text: str) -> int:
     """Whitespace words, with each CJK character counted as one word (Chinese/Japanese text stays bounded)."""
-    return len(WORD_RE.findall(text))
+    return len(words(text, "space"))
 
 
 @lru_cache(maxsize=1)
@@ -326,96 +341,6 @@ def _inline_html(content: str) -> str:
 LIST_ITEM_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
 
 
-class _HtmlToMarkdown(HTMLParser):
-    """Stack Overflow post HTML -> markdown: code blocks fenced, inline code, links, lists, quotes kept."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.pre: list[str] | None = None
-        self.pre_lang = ""
-        self.links: list[str] = []
-        self.lists: list[list[int]] = []  # [ordered?, counter]
-        self.quotes: list[int] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if self.pre is not None:
-            if tag == "code":
-                self.pre_lang = _lang_from_class(a.get("class") or "") or self.pre_lang
-            return
-        if tag in ("p", "div", "table"):
-            self.out.append("\n\n")
-        elif tag == "br":
-            self.out.append("\n")
-        elif re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n" + "#" * int(tag[1]) + " ")
-        elif tag == "pre":
-            self.pre, self.pre_lang = [], _lang_from_class(a.get("class") or "")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a":
-            self.links.append(a.get("href") or "")
-            self.out.append("[")
-        elif tag in ("ul", "ol"):
-            self.lists.append([tag == "ol", 0])
-            self.out.append("\n")
-        elif tag == "li":
-            indent = "  " * max(0, len(self.lists) - 1)
-            if self.lists and self.lists[-1][0]:
-                self.lists[-1][1] += 1
-                self.out.append(f"\n{indent}{self.lists[-1][1]}. ")
-            else:
-                self.out.append(f"\n{indent}- ")
-        elif tag == "blockquote":
-            self.out.append("\n\n")
-            self.quotes.append(len(self.out))
-        elif tag == "hr":
-            self.out.append("\n\n---\n\n")
-        elif tag == "img":
-            self.out.append(f"![{a.get('alt') or ''}]({a.get('src') or ''})")
-        elif tag in ("tr",):
-            self.out.append("\n")
-        elif tag in ("td", "th"):
-            self.out.append(" | ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if self.pre is not None:
-            if tag == "pre":
-                code = "".join(self.pre).strip("\n")
-                self.out.append(f"\n\n```{self.pre_lang}\n{code}\n```\n\n")
-                self.pre = None
-            return
-        if tag in ("p", "div", "table") or re.fullmatch(r"h[1-6]", tag):
-            self.out.append("\n\n")
-        elif tag == "code":
-            self.out.append("`")
-        elif tag in ("strong", "b"):
-            self.out.append("**")
-        elif tag in ("em", "i"):
-            self.out.append("*")
-        elif tag == "a" and self.links:
-            href = self.links.pop()
-            self.out.append(f"]({href})" if href else "]")
-        elif tag in ("ul", "ol") and self.lists:
-            self.lists.pop()
-            self.out.append("\n\n")
-        elif tag == "blockquote" and self.quotes:
-            start = self.quotes.pop()
-            inner = tidy_markdown("".join(self.out[start:]))
-            self.out[start:] = ["\n".join("> " + line if line else ">" for line in inner.split("\n")), "\n\n"]
-
-    def handle_data(self, data: str) -> None:
-        if self.pre is not None:
-            self.pre.append(data)
-        else:
-            self.out.append(re.sub(r"\s+", " ", data))
-
-
 def _lang_from_class(value: str) -> str:
     match = re.search(r"(?:lang|language)-([\w+#.-]+)", value)
     return match.group(1) if match and match.group(1) not in ("none", "default") else ""
@@ -451,14 +376,23 @@ def _well_formed_html(body: str) -> str:
     return lxml.html.tostring(root, encoding="unicode")
 
 
+def _pre_language(pre: Any) -> str:
+    """A code block's language from `<pre class="lang-yaml">` or its `<code class="language-yaml">`."""
+    code = pre.find("code")
+    classes = [*(pre.get("class") or []), *((code.get("class") or []) if code is not None else [])]
+    return next((lang for lang in (_lang_from_class(c) for c in classes) if lang), "")
+
+
 def html_to_markdown(body: str) -> str:
-    """Stack Overflow post HTML -> markdown with fenced code, inline code, links, lists and quotes."""
-    parser = _HtmlToMarkdown()
-    parser.feed(_well_formed_html(body))
-    parser.close()
-    if parser.pre is not None:  # unclosed <pre>: keep its text as code rather than lose it
-        parser.out.append("\n\n```\n" + "".join(parser.pre).strip("\n") + "\n```\n")
-    return tidy_markdown("".join(parser.out))
+    """Stack Overflow post HTML -> markdown (markdownify) with fenced code, inline code, links, lists and quotes;
+    text is left as written (no `\\_` or `\\*` escapes: it is training text, not markdown to re-render)."""
+    from markdownify import markdownify
+
+    converted = markdownify(_well_formed_html(body), heading_style="ATX", bullets="-", strong_em_symbol="*",
+                            escape_asterisks=False, escape_underscores=False, escape_misc=False,
+                            wrap=True, wrap_width=None,  # runs of white space (line breaks too) become one space
+                            code_language_callback=_pre_language)
+    return tidy_markdown(converted)
 
 
 # ------------------------------------------------------------------------------------ markdown

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from stages.common.cli import run_cli, setup_logging, stage_parser
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
+from stages.common.schema import EvalParams, InferenceParams, load_stage_params
 from stages.eval.pipeline import EvalPaths, run_eval
 
 log = logging.getLogger(__name__)
@@ -21,11 +22,13 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
+    # every section eval reads, validated before anything is loaded or written
+    params = load_stage_params("eval", EvalParams, args.params).model_dump()
+    load_stage_params("inference", InferenceParams, args.params)
     all_params = load_params(None, args.params)
-    params = all_params["eval"]
     stats = StageMetrics("eval")
     paths = EvalPaths()
-    run_eval(paths, params, stats, all_params)
+    run_eval(paths, params, all_params, stats)
     log.info("wrote %s, %s, %s in %.1fs", paths.metrics, paths.predictions, paths.report, stats.elapsed)
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.jsonl import read_jsonl
-from stages.eval.metrics import words
+from stages.common.text import words
 
 log = logging.getLogger(__name__)
 
 
 def ngram_hashes(text: str, n: int) -> set[int]:
     """Hashes of the lower-cased word n-grams of `text` (ints, not tuples: millions fit in memory)."""
-    tokens = words(text)
+    tokens = words(text, lower=True)
     return {hash(" ".join(tokens[i:i + n])) for i in range(len(tokens) - n + 1)}
 
 

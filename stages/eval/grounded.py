@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from stages.common.prompting import cited_numbers, is_abstention, strip_citations
-
-_WORD = re.compile(r"\w+")
+from stages.common.text import words
 
 
 @lru_cache(maxsize=1)
@@ -26,8 +24,7 @@ def _stopwords() -> frozenset[str]:
 
 
 def content_words(text: str) -> list[str]:
-    stop = _stopwords()
-    return [w for w in (t.lower() for t in _WORD.findall(text)) if w not in stop and len(w) > 2]
+    return words(text, lower=True, min_len=3, stopwords=_stopwords())
 
 
 def faithfulness(answer: str, excerpts: Sequence[str]) -> float | None:

@@ -7,14 +7,13 @@ sacrebleu scores on the 0-100 scale, as sacrebleu reports them.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-WORD_RE = re.compile(r"\w+", re.UNICODE)
+from stages.common.text import words
 
 
 @lru_cache(maxsize=1)
@@ -47,13 +46,9 @@ def corpus_chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
 
 
-def words(text: str) -> list[str]:
-    return WORD_RE.findall(text.lower())
-
-
 def repeated_ngram_share(text: str, n: int = 4) -> float:
     """Share of a text's word n-grams that repeat an earlier one: 0 for fresh text, near 1 for a loop."""
-    tokens = words(text)
+    tokens = words(text, lower=True)
     grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
@@ -65,7 +60,7 @@ def length_stats(answers: Sequence[str]) -> dict[str, float]:
     if not answers:
         return {"answer_words_mean": 0.0, "repeated_4gram_share": 0.0}
     return {
-        "answer_words_mean": float(np.mean([len(words(a)) for a in answers])),
+        "answer_words_mean": float(np.mean([len(words(a, lower=True)) for a in answers])),
         "repeated_4gram_share": float(np.mean([repeated_ngram_share(a) for a in answers])),
     }
 

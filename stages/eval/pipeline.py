@@ -18,7 +18,8 @@ from typing import Any
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, stable_id, write_json, write_jsonl
 from stages.common.metrics import StageMetrics
-from stages.common.retrieval import source_key
+from stages.common.retrieval import docs_by_source_key
+from stages.common.text import words
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 
@@ -212,7 +213,7 @@ def run_qa_arm(assistant: Any, items: Sequence[QaItem], sources: Sequence[Sequen
 
     prompts = [assistant.build_prompt(conversation(it.question, it.system), src if is_rag(arm) else None)
                for it, src in zip(items, sources, strict=True)]
-    with _arm_context(assistant, arm):
+    with _arm_context(assistant, arm), assistant.compute():
         outputs = assistant.generate(prompts, options, batch_size=int(params["batch_size"]),
                                      desc=f"{set_name} {arm} generate")
         sequences = [continuation_sequence(assistant.tokenizer, p, it.reference) for p, it in zip(prompts, items,
@@ -272,7 +273,7 @@ def score_qa_set(eval_set: EvalSet, answers: dict[str, list[str]], scores: dict[
                    for project, idx in sorted(by_project.items())}
     result = {"format": "qa", "path": eval_set.path, "n": len(items), "arms": arms, "deltas": deltas,
               "per_project": per_project,
-              "reference_words_mean": statistics.fmean(len(tm.words(r)) for r in refs) if refs else 0.0}
+              "reference_words_mean": statistics.fmean(len(words(r, lower=True)) for r in refs) if refs else 0.0}
     rows = []
     for i, it in enumerate(items):
         row = {"set": eval_set.name, "qa_id": it.qa_id, "project": it.project, "question": it.question,
@@ -295,7 +296,7 @@ def run_mcq_arm(assistant: Any, items: Sequence[Any], sources: Sequence[Sequence
 
     prompts = [assistant.build_prompt(conversation(item.question, system), src if is_rag(arm) else None)
                for item, src in zip(items, sources, strict=True)]
-    with _arm_context(assistant, arm):
+    with _arm_context(assistant, arm), assistant.compute():
         return score_items_shared_prefix(assistant.model, assistant.tokenizer, prompts, items,
                                          max_tokens=int(params.get("max_length", 1024)), desc=f"{set_name} {arm}")
 
@@ -353,25 +354,20 @@ def load_assistant(paths: EvalPaths, params: dict[str, Any], all_params: dict[st
     return Assistant(model, tokenizer, retriever, settings), device
 
 
-def run_eval(paths: EvalPaths, params: dict[str, Any], stats: StageMetrics | None = None,
-             all_params: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_eval(paths: EvalPaths, params: dict[str, Any], all_params: dict[str, Any],
+             stats: StageMetrics | None = None) -> dict[str, Any]:
     """Evaluate the four arms (+ retrieval_only and question_only) on every set and write all outputs; returns eval.json's content."""
     from stages.common.inference import GenerationOptions
     from stages.eval.report import write_plots, write_report
 
     stats = stats or StageMetrics("eval")
-    all_params = all_params or {}
     system = params.get("system_prompt") or train_system_prompt(paths.train)
     sets = load_sets(paths, params, system, stats)
     ngram = int(params.get("contamination_ngram", 13))
     index = contam.train_index(paths.train, ngram)
     assistant, device = load_assistant(paths, params, all_params)
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
-    docs_by_key: dict[str, set[str]] = {}
-    for chunk in assistant.retriever.chunks:
-        key = source_key(chunk.get("url") or "")
-        if key:
-            docs_by_key.setdefault(key, set()).add(str(chunk["doc_id"]))
+    docs_by_key = docs_by_source_key(assistant.retriever.chunks)
     options = GenerationOptions(max_new_tokens=int(params["max_new_tokens"]),
                                 repetition_penalty=float(params.get("repetition_penalty", 1.0)))
     arms = [a for a in ARMS if a in (params.get("arms") or ARMS)]

@@ -10,7 +10,6 @@ models/merged and models/gguf stay.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from typing import Any
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_json, sha256_file
 from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
+from stages.common.schema import ExportParams, MergeParams, load_stage_params, validate_params
 from stages.export.check import check_gguf, logits_for, prompt_ids
 from stages.export.gguf_file import FILE_TYPES, llama_hparams, tokenizer_info, write_gguf
 from stages.export.merged import merge_adapter, save_merged
@@ -28,35 +27,17 @@ from stages.export.runtimes import check_chatml, stop_tokens, write_localai_conf
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RUNTIME_OPTIONS = ("temperature", "top_p", "repeat_penalty", "num_ctx")
 
 
-def validate(params: dict[str, Any], system_prompt: str) -> dict[str, Any]:
-    """Refuse bad params in one line, before anything is written."""
-    name = str(params.get("name", ""))
-    if not NAME.match(name):
-        raise StageError(f"export.name={name!r} must be 1-64 letters, digits, '.', '_' or '-'")
-    file_types = params.get("file_types")
-    if not isinstance(file_types, list) or not file_types or not set(file_types) <= set(FILE_TYPES):
-        raise StageError(f"export.file_types must be a non-empty list of {', '.join(FILE_TYPES)}; got {file_types!r}")
-    prompts = params.get("check_prompts")
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-        raise StageError("export.check_prompts must be a non-empty list of non-empty strings")
-    thresholds = params.get("min_top1_agreement") or {}
-    for ft in file_types:
-        value = thresholds.get(ft)
-        if not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise StageError(f"export.min_top1_agreement.{ft} must be a number in [0, 1]; got {value!r}")
-    runtime = params.get("runtime") or {}
-    unknown = set(runtime) - set(RUNTIME_OPTIONS)
-    if unknown or not all(isinstance(v, int | float) for v in runtime.values()):
-        raise StageError(f"export.runtime takes numbers for {', '.join(RUNTIME_OPTIONS)}; got {runtime!r}")
+def validate(params: dict[str, Any] | ExportParams, system_prompt: str) -> dict[str, Any]:
+    """The run config from `export:` (validated by its schema: ParamsError, one line, before anything is written)."""
+    cfg = params if isinstance(params, ExportParams) else validate_params("export", ExportParams, params)
     if not system_prompt.strip():
         raise StageError("export.system_prompt (or merge.system_prompt) must not be empty")
-    return {"name": name, "file_types": sorted(set(file_types), key=FILE_TYPES.index), "prompts": prompts,
-            "thresholds": {ft: float(thresholds[ft]) for ft in file_types}, "runtime": dict(runtime),
-            "system_prompt": system_prompt}
+    file_types = sorted(set(cfg.file_types), key=FILE_TYPES.index)
+    return {"name": cfg.name, "file_types": file_types, "prompts": list(cfg.check_prompts),
+            "thresholds": {ft: float(cfg.min_top1_agreement[ft]) for ft in file_types},
+            "runtime": cfg.runtime.model_dump(exclude_none=True), "system_prompt": system_prompt}
 
 
 def source_gguf_fields(base_dir: Path) -> dict[str, str]:
@@ -169,8 +150,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/export.json", help="metrics file (default: metrics/export.json)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_params("export", args.params)
-    system_prompt = str(params.get("system_prompt") or load_params("merge", args.params).get("system_prompt") or "")
+    params = load_stage_params("export", ExportParams, args.params)
+    system_prompt = params.system_prompt or load_stage_params("merge", MergeParams, args.params).system_prompt
     cfg = validate(params, system_prompt)
     stats = StageMetrics("export")
     try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from stages.common.cli import run_cli, setup_logging, stage_parser
 from stages.common.metrics import StageMetrics
-from stages.index.build import build_index, load_index_params
+from stages.common.schema import IndexParams, load_stage_params
+from stages.index.build import build_index
 
 log = logging.getLogger("stages.index")
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/index.json")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_index_params(args.params)
+    params = load_stage_params("index", IndexParams, args.params)
     metrics = StageMetrics("index")
     try:
         meta = build_index(Path(args.chunks), Path(args.out_dir), params, metrics)

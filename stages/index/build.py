@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, write_json, write_jsonl
 from stages.common.metrics import StageMetrics
-from stages.common.params import ParamsError, load_params
 from stages.common.progress import progress
 from stages.common.retrieval import (
     CHUNK_FIELDS,
@@ -32,40 +30,11 @@ from stages.common.retrieval import (
     resolve_embedding_model,
     search_text,
 )
+from stages.common.schema import IndexParams
 
 log = logging.getLogger(__name__)
 
 SHARD_ROWS = 1024
-
-
-class IndexParams(BaseModel):
-    """params.yaml `index:`; unknown keys and out-of-range values are refused before any output is touched."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    embedding_model: str = Field(min_length=1)
-    max_seq_length: int = Field(ge=16, le=8192)
-    batch_size: int = Field(ge=1, le=4096)
-    cache_dir: str = Field(min_length=1)
-    dense_backend: str = Field(pattern="^(exact|usearch)$")
-    rrf_k: int = Field(ge=1, le=10000)
-    bm25_weight: float = Field(ge=0, le=100)
-    dense_weight: float = Field(ge=0, le=100)
-    candidates: int = Field(ge=1, le=10000)
-    project_filter: str = Field(pattern="^(none|boost|filter)$")
-    eval_k: list[int] = Field(min_length=1)
-    latency_queries: int = Field(ge=0, le=100000)
-
-
-def load_index_params(path: str | Path) -> IndexParams:
-    """params.yaml `index:` validated; the first problem becomes one line naming the key."""
-    raw = load_params("index", path)
-    try:
-        return IndexParams(**raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ParamsError(f"index.{key}: {raw.get(key, '(missing)')!r} — {err['msg']}") from None
 
 
 def embedding_key(model: str, max_seq_length: int, text: str) -> str:

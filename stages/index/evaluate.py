@@ -20,9 +20,8 @@ from typing import Any
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import iter_jsonl_lenient, write_json
 from stages.common.metrics import StageMetrics
-from stages.common.params import load_params
-from stages.common.retrieval import MODES, PROJECT_FILTERS, Retriever, source_key
-from stages.index.build import IndexParams, load_index_params
+from stages.common.retrieval import MODES, PROJECT_FILTERS, Retriever, docs_by_source_key
+from stages.common.schema import EvalParams, IndexParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +91,7 @@ def run(index_dir: Path, merge_dir: Path, eval_sets: Sequence[dict[str, Any]], p
         metrics_path: Path) -> dict[str, Any]:
     stats = StageMetrics("index_eval")
     retriever = Retriever.load(index_dir)
-    docs_by_key: dict[str, set[str]] = {}
-    for chunk in retriever.chunks:
-        key = source_key(chunk.get("url") or "")
-        if key:
-            docs_by_key.setdefault(key, set()).add(str(chunk["doc_id"]))
+    docs_by_key = docs_by_source_key(retriever.chunks)
     sets: dict[str, list[tuple[str, set[str]]]] = {
         "merge-validation": questions_from_split(merge_dir / "validation.jsonl", stats, "merge-validation"),
         "merge-test": questions_from_split(merge_dir / "test.jsonl", stats, "merge-test"),
@@ -139,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/index_eval.json")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_index_params(args.params)
-    eval_sets = load_params("eval", args.params).get("sets") or []
+    params = load_stage_params("index", IndexParams, args.params)
+    eval_sets = [spec.model_dump() for spec in load_stage_params("eval", EvalParams, args.params).sets]
     run(Path(args.index_dir), Path(args.merge_dir), eval_sets, params, Path(args.metrics))
 
 

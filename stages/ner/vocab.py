@@ -179,4 +179,5 @@ CODE_RE = re.compile(r"```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`|^\s*\$ .*$", 
 YAML_DOC_SPLIT = re.compile(r"^---\s*$|^```.*$", re.M)
 KIND_LINE = re.compile(r"^\s*kind:\s*[\"']?([A-Z][A-Za-z0-9]+)[\"']?\s*$", re.M)
 API_LINE = re.compile(r"^\s*apiVersion:\s*[\"']?([A-Za-z0-9./-]+)[\"']?\s*$", re.M)
+# Not common.text.words: case statistics need each match's position and case, and words that start with a letter.
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9+-]*")

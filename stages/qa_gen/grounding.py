@@ -8,7 +8,8 @@ chunk, so they score ~1.0 by construction; llm/qag answers are where this filter
 
 from __future__ import annotations
 
-from stages.qa_gen.textutil import content_words, words
+from stages.common.text import words
+from stages.qa_gen.textutil import content_words
 
 
 def _stem(word: str) -> str:
@@ -20,7 +21,7 @@ def _stem(word: str) -> str:
 
 
 def _bigrams(text: str) -> set[tuple[str, str]]:
-    toks = [_stem(w.lower()) for w in words(text)]
+    toks = [_stem(w) for w in words(text, "identifier", lower=True)]
     return set(zip(toks, toks[1:], strict=False))
 
 

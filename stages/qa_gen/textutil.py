@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from stages.common.text import drop_html_comments, fenced_lines, split_fences
+from stages.common.text import drop_html_comments, fenced_lines, split_fences, words
 
 
 def wordset(text: str) -> frozenset[str]:
@@ -44,23 +44,18 @@ _BOLD = re.compile(r"(\*\*|__)(?=\S)(.{1,500}?)(?<=\S)\1")
 _ITALIC = re.compile(r"(?<![\w*])([*_])(?=[^\s*_])([^*_\n]+?)(?<=[^\s*_])\1(?![\w*])")
 _HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$")
 _ADMONITION = re.compile(r"^\s*(?:!!!|\?\?\?\+?|:::)\s*\w*.*$")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:+-]*[A-Za-z0-9]|[A-Za-z0-9]")
 _ABBREV = re.compile(r"\b(?:e\.g|i\.e|etc|vs|cf|approx|Dr|Mr|Ms|No|Fig)\.$", re.I)
 _SENT_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-Z0-9`\"'(\[*_])")
 
 
-def words(text: str) -> list[str]:
-    """Word tokens (identifiers such as `kube-proxy` or `v1.2` stay one word)."""
-    return _WORD.findall(text)
-
-
 def n_words(text: str) -> int:
-    return len(words(text))
+    """Identifier words (`kube-proxy`, `v1.2` count once): the unit of qa_gen's answer lengths."""
+    return len(words(text, "identifier"))
 
 
 def content_words(text: str) -> list[str]:
     """Lowercased words that carry meaning: no stopwords, no single characters."""
-    return [w for w in (t.lower() for t in words(text)) if w not in STOPWORDS and len(w) > 1]
+    return words(text, "identifier", lower=True, min_len=2, stopwords=STOPWORDS)
 
 
 def split_blocks(text: str) -> list[tuple[str, str]]:

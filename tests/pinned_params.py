@@ -1,0 +1,33 @@
+"""The pinned params.yaml, for tests that need a complete (valid) section with a few values changed.
+
+Every param is required by its stage's schema (stages/common/schema.py): a test writes the pinned values plus its
+overrides instead of a partial section.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_PARAMS: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text("utf-8"))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def pinned(section: str, **overrides: Any) -> dict[str, Any]:
+    """One section of params.yaml with `overrides` merged over it."""
+    return deep_merge(REPO_PARAMS[section], overrides)
+
+
+def params_file(**sections: dict[str, Any]) -> dict[str, Any]:
+    """The whole params.yaml with each given section's values merged over the pinned ones."""
+    return deep_merge(REPO_PARAMS, sections)
