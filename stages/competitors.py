@@ -17,7 +17,6 @@ Why not a DVC stage: Gemma-3-270m alone takes ~15 min of the 2-core CPU box, so 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,19 +31,12 @@ log = logging.getLogger(__name__)
 
 MODELS_DIR = Path("models/competitors")
 METRICS_DIR = Path("metrics/competitors")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 OWN_ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
 
 
-def competitor_specs(cfg: dict[str, Any], only: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, model ref) of each `competitors.models` entry, validated; `only` narrows them by name."""
-    specs = []
-    for entry in cfg.get("models") or []:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry.get("model"):
-            raise StageError(f"competitors.models entries are {{name, model}}, got {entry!r}")
-        if not NAME_RE.match(entry["name"]):
-            raise StageError(f"competitors.models name {entry['name']!r}: letters, digits, . _ - only (a folder name)")
-        specs.append((entry["name"], str(entry["model"])))
+def competitor_specs(cfg: CompetitorsParams, only: Sequence[str]) -> list[tuple[str, str]]:
+    """(name, model ref) of each `competitors.models` entry (names checked by the schema); `only` narrows them."""
+    specs = [(entry.name, entry.model) for entry in cfg.models]
     unknown = sorted(set(only) - {name for name, _ in specs})
     if unknown:
         raise StageError(f"--only {', '.join(unknown)}: not in competitors.models")
@@ -70,7 +62,7 @@ def own_rouge_by_item(predictions: Path) -> dict[tuple[str, str], float]:
             for r in iter_jsonl_lenient(predictions) if "rouge_l_tuned_rag" in r}
 
 
-def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any], all_params: dict[str, Any],
+def evaluate_competitor(name: str, model_dir: Path, eval_cfg: EvalParams, all_params: dict[str, Any],
                         batch_size: int, stats: StageMetrics) -> dict[str, Any]:
     """The competitor's closed and rag arms on every eval set (same items, prompts and settings as `eval`)."""
     from stages.common.inference import Assistant, GenerationOptions, InferenceSettings, load_chat_tokenizer
@@ -89,14 +81,13 @@ def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any],
     )
 
     paths = EvalPaths()
-    setup_cpu_threads(int(eval_params.get("threads") or 0) or None)
+    setup_cpu_threads(eval_cfg.threads or None)
     device = pick_device()
     assistant = Assistant(load_causal_lm(model_dir, "none", device).eval(), load_chat_tokenizer(model_dir),
                           Retriever.load(paths.index_dir), InferenceSettings.from_params(all_params), name=name)
-    system = eval_params.get("system_prompt") or train_system_prompt(paths.train)
-    params = {**eval_params, "batch_size": batch_size}
-    options = GenerationOptions(max_new_tokens=int(params["max_new_tokens"]),
-                                repetition_penalty=float(params.get("repetition_penalty", 1.0)))
+    system = eval_cfg.system_prompt or train_system_prompt(paths.train)
+    params = {**eval_cfg.model_dump(), "batch_size": batch_size}  # eval's pipeline functions read the dict
+    options = GenerationOptions(max_new_tokens=eval_cfg.max_new_tokens, repetition_penalty=eval_cfg.repetition_penalty)
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
     docs_by_key = docs_by_source_key(assistant.retriever.chunks)
     own = own_rouge_by_item(paths.predictions)
@@ -116,8 +107,7 @@ def evaluate_competitor(name: str, model_dir: Path, eval_params: dict[str, Any],
                      if (eval_set.name, r["qa_id"]) in own]
             if pairs and len(pairs) == len(rows):
                 versus_tuned = {f"tuned_rag-vs-{name}_rag": {"rouge_l": tm.paired_delta(
-                    [c for _, c in pairs], [t for t, _ in pairs], int(params.get("bootstrap_samples", 1000)),
-                    int(params.get("seed", 42)))}}
+                    [c for _, c in pairs], [t for t, _ in pairs], eval_cfg.bootstrap_samples, eval_cfg.seed)}}
             else:
                 log.warning("%s: pinned predictions do not cover these items; no paired Δ", eval_set.name)
             result["examples"] = [{"qa_id": r["qa_id"], "question": r["question"], "closed": r["base_closed"],
@@ -179,19 +169,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", action="append", default=[], help="a competitor name (repeatable)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    cfg = load_stage_params("competitors", CompetitorsParams, args.params).model_dump()
-    eval_params = load_stage_params("eval", EvalParams, args.params).model_dump()
+    cfg = load_stage_params("competitors", CompetitorsParams, args.params)
+    eval_cfg = load_stage_params("eval", EvalParams, args.params)
     load_stage_params("inference", InferenceParams, args.params)
     all_params = load_params(None, args.params)
     specs = competitor_specs(cfg, args.only)
     if not specs:
         raise StageError("no competitors: add {name, model} entries under competitors.models in params.yaml")
-    batch_size = int(cfg["batch_size"])  # 1-64: the schema's range
     METRICS_DIR.mkdir(parents=True, exist_ok=True)
     for name, ref in specs:
         stats = StageMetrics(f"competitors.{name}")
         model_dir = ensure_model(name, ref)
-        sets = evaluate_competitor(name, model_dir, eval_params, all_params, batch_size, stats)
+        sets = evaluate_competitor(name, model_dir, eval_cfg, all_params, cfg.batch_size, stats)
         info = _read_json(model_dir / "base_model.json")
         write_json(METRICS_DIR / f"{name}.json", {"model": ref, "architecture": info.get("architecture"),
                                                   "n_parameters": info.get("n_parameters"), "sets": sets,

@@ -36,7 +36,7 @@ from typing import Any
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_json, write_json
 from stages.common.params import load_params
-from stages.common.schema import HpoParams, validate_params
+from stages.common.schema import HpoFloat, HpoInt, HpoParams, HpoSpace, validate_params
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,17 @@ class TrialPrunedByCurve(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def sample(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def sample(trial: Any, space: dict[str, HpoSpace]) -> dict[str, Any]:
     """Draw one value per param from its declared distribution (sorted keys: same study, same draws)."""
     values: dict[str, Any] = {}
     for key in sorted(space):
         spec = space[key]
-        kind = spec.get("type")
-        if kind == "float":
-            values[key] = trial.suggest_float(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
-        elif kind == "int":
-            values[key] = trial.suggest_int(key, spec["low"], spec["high"], step=int(spec.get("step", 1)),
-                                            log=bool(spec.get("log", False)))
-        elif kind == "categorical":
-            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        if isinstance(spec, HpoFloat):
+            values[key] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+        elif isinstance(spec, HpoInt):
+            values[key] = trial.suggest_int(key, spec.low, spec.high, step=spec.step, log=spec.log)
         else:
-            raise StageError(f"hpo.space.{key}: type must be float, int or categorical, not {kind!r}")
+            values[key] = trial.suggest_categorical(key, list(spec.choices))
     return values
 
 
@@ -113,11 +109,11 @@ def redact(url: str) -> str:
     return url
 
 
-def make_storage(params: dict[str, Any]) -> Any:
+def make_storage(params: HpoParams) -> Any:
     """Optuna storage for `hpo.storage`; RDB storages get heartbeats and retry a killed worker's trial."""
     import optuna
 
-    url = str(params.get("storage") or "")
+    url = params.storage
     kind = storage_kind(url)
     if kind == "memory":
         return None
@@ -135,28 +131,27 @@ def make_storage(params: dict[str, Any]) -> Any:
     if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; requirements pin psycopg2-binary
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.8
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=int(params.get("max_retry", 3)))
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=params.max_retry)
     return optuna.storages.RDBStorage(
         url, engine_kwargs={"pool_pre_ping": True} if kind == "postgresql" else None,
-        heartbeat_interval=int(params.get("heartbeat_interval", 60)),
-        grace_period=int(params.get("grace_period", 180)),
+        heartbeat_interval=params.heartbeat_interval,
+        grace_period=params.grace_period,
         heartbeat_stale_trial_callback=retry)
 
 
-def open_study(params: dict[str, Any], worker_index: int = 0) -> Any:
+def open_study(params: HpoParams, worker_index: int = 0) -> Any:
     """The shared study; each worker seeds its sampler with `hpo.seed + worker_index` (equal seeds would make
     parallel workers draw the same start-up trials)."""
     import optuna
 
-    n_trials = int(params["n_trials"])
-    startup = int(params.get("n_startup_trials", max(2, min(10, n_trials // 3))))
+    startup = params.n_startup_trials
     return optuna.create_study(
-        study_name=str(params.get("study_name", "cncf-llm")), storage=make_storage(params), load_if_exists=True,
-        direction=str(params.get("direction", "minimize")),
-        sampler=optuna.samplers.TPESampler(seed=int(params.get("seed", 42)) + worker_index, n_startup_trials=startup,
+        study_name=params.study_name, storage=make_storage(params), load_if_exists=True,
+        direction=params.direction,
+        sampler=optuna.samplers.TPESampler(seed=params.seed + worker_index, n_startup_trials=startup,
                                            constant_liar=True),  # parallel workers do not all draw one point
         pruner=optuna.pruners.MedianPruner(n_startup_trials=startup,
-                                           n_warmup_steps=int(params.get("prune_warmup_steps", 0))))
+                                           n_warmup_steps=params.prune_warmup_steps))
 
 
 # ------------------------------------------------------------------------------------------------ one trial
@@ -271,7 +266,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None, root: Path = Path("."),
+def run_worker(params: HpoParams, runner: Callable[..., None] | None = None, root: Path = Path("."),
                clone: Path | None = None, worker_index: int = 0) -> Any:
     """Take trials from the shared study until it has `n_trials` finished ones; returns the study."""
     import optuna
@@ -279,9 +274,9 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workdir = prepare_clone(root, clone) if clone is not None else root
     study = open_study(params, worker_index)
-    n_trials = int(params["n_trials"])
-    target = str(params.get("target", "train"))
-    prune_on = str(params.get("prune_on") or "")
+    n_trials = params.n_trials
+    target = params.target
+    prune_on = params.prune_on
     me = worker_id()
     ran = 0
 
@@ -289,7 +284,7 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
         nonlocal ran
         ran += 1
         trial.set_user_attr("worker", me)
-        overrides = sample(trial, params["space"])
+        overrides = sample(trial, params.space)
         frozen = next(t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                       if t.number == trial.number)
         retried = frozen.system_attrs.get("failed_trial")
@@ -317,11 +312,11 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
                 runner(overrides, target)
             else:
                 dvc_exp_run(overrides, target, name=name, cwd=workdir, watch=watch,
-                            poll_s=float(params.get("poll_seconds", 2.0)))
+                            poll_s=params.poll_seconds)
         except TrialPrunedByCurve as exc:
             log.info("%s", exc)
             raise optuna.TrialPruned(str(exc)) from None
-        value = read_metric(params["metric"], workdir)
+        value = read_metric(params.metric, workdir)
         if runner is None and has_origin(workdir):  # a clone always has one; a workspace when it was cloned
             push_experiment(name, workdir)
         return value
@@ -332,8 +327,8 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
     # goes stale (heartbeats), comes back as WAITING and is run again.
     taken = (*finished, states.RUNNING)
     stop_at = optuna.study.MaxTrialsCallback(n_trials, states=taken)
-    deadline = time.monotonic() + float(params.get("max_wait_seconds", 3600))
-    max_failed = int(params.get("max_failed_trials") or n_trials)  # a broken setup fails fast, not forever
+    deadline = time.monotonic() + params.max_wait_seconds
+    max_failed = params.max_failed_trials or n_trials  # a broken setup fails fast, not forever
     while True:
         trials = study.get_trials(deepcopy=False)
         waiting = sum(t.state == states.WAITING for t in trials)  # retries of dead workers' trials, enqueued ones
@@ -350,29 +345,29 @@ def run_worker(params: dict[str, Any], runner: Callable[..., None] | None = None
         # or for it to go stale and be re-queued (heartbeats), and run the retry here.
         if not any(t.state == states.RUNNING for t in trials) or time.monotonic() > deadline:
             break
-        time.sleep(float(params.get("heartbeat_interval", 60)))
+        time.sleep(params.heartbeat_interval)
         with contextlib.suppress(NotImplementedError, AttributeError):
             optuna.storages.fail_stale_trials(study)
     log.info("worker %s ran %d trials", me, ran)
     return study
 
 
-def run_study(params: dict[str, Any], runner: TrialRunner | None = None, root: Path = Path(".")) -> dict[str, Any]:
+def run_study(params: HpoParams, runner: TrialRunner | None = None, root: Path = Path(".")) -> dict[str, Any]:
     """One worker in this workspace (or the injected runner), then the summary; failed trials are recorded."""
     return summarize(run_worker(params, runner=runner, root=root))
 
 
-def spawn_workers(params: dict[str, Any], n_workers: int, root: Path, params_path: str) -> None:
+def spawn_workers(params: HpoParams, n_workers: int, root: Path, params_path: str) -> None:
     """N worker processes on this machine, each in its own clone, all on one study."""
-    kind = storage_kind(str(params.get("storage") or ""))
+    kind = storage_kind(params.storage)
     if kind == "memory":
         raise StageError("several workers need a shared hpo.storage (journal:<file> or postgresql://...)")
-    workdir = Path(params.get("workdir", ".cache/hpo"))
+    workdir = Path(params.workdir)
     procs = []
     for i in range(n_workers):
         cmd = [sys.executable, "-m", "stages.hpo", "worker", "--params", params_path,
-               "--clone", str(workdir / f"worker-{i}" / "repo"), "--storage", str(params["storage"]),
-               "--trials", str(params["n_trials"]), "--worker-index", str(i)]
+               "--clone", str(workdir / f"worker-{i}" / "repo"), "--storage", params.storage,
+               "--trials", str(params.n_trials), "--worker-index", str(i)]
         procs.append(subprocess.Popen(cmd, cwd=root))
         time.sleep(1.0)  # staggered: the first worker creates the study tables
     codes = [p.wait() for p in procs]
@@ -398,7 +393,7 @@ def summarize(study: Any) -> dict[str, Any]:
             "workers": sorted({str(t.user_attrs.get("worker", "")) for t in trials} - {""})}
 
 
-def write_report(study: Any, params: dict[str, Any], out_json: Path = OUT_JSON,
+def write_report(study: Any, params: HpoParams, out_json: Path = OUT_JSON,
                  plots: dict[str, Path] = PLOTS) -> dict[str, Any]:
     """metrics/hpo.json + PNG plots (matplotlib Agg: they render offline, unlike DVC's vega HTML)."""
     import matplotlib
@@ -408,20 +403,20 @@ def write_report(study: Any, params: dict[str, Any], out_json: Path = OUT_JSON,
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
     summary = summarize(study)
-    summary.update({"metric": params["metric"], "direction": params.get("direction", "minimize"),
-                    "study_name": study.study_name, "storage": storage_kind(str(params.get("storage") or ""))})
+    summary.update({"metric": params.metric, "direction": params.direction,
+                    "study_name": study.study_name, "storage": storage_kind(params.storage)})
     summary["workers"] = len(summary["workers"])
     write_json(out_json, summary)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     ax = plot_optimization_history(study)
     ax.figure.savefig(plots["history"], dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(ax.figure)
-    if summary["n_complete"] >= 2 and len(params["space"]) >= 2:
+    if summary["n_complete"] >= 2 and len(params.space) >= 2:
         ax = plot_param_importances(study)
         ax.figure.savefig(plots["importance"], dpi=100, bbox_inches="tight", metadata={"Software": None})
         plt.close(ax.figure)
     log.info("best %s = %.4f with %s (%d complete, %d pruned, %d failed, %d retried); wrote %s",
-             params["metric"], summary["best_value"], summary["best_params"], summary["n_complete"],
+             params.metric, summary["best_value"], summary["best_params"], summary["n_complete"],
              summary["n_pruned"], summary["n_failed"], summary["n_retried"], out_json)
     return summary
 
@@ -445,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if value is not None:
             raw[key] = value
     # the flags are validated with the file: a bad value is refused in one line before anything runs
-    params = validate_params("hpo", HpoParams, raw).model_dump()
+    params = validate_params("hpo", HpoParams, raw)
     if args.workers < 1:
         raise StageError("--workers must be >= 1")
     if args.mode == "worker":

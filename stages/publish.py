@@ -245,10 +245,9 @@ def training_section(args_path: Path, params: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ upload
-def plan(params: dict[str, Any], paths: Paths, only: str = "all") -> list[Upload]:
-    cfg = params.get("publish") or {}
-    dataset_repo = str(cfg.get("dataset_repo") or "")
-    model_repo = str(cfg.get("model_repo") or "")
+def plan(params: dict[str, Any], cfg: PublishParams, paths: Paths, only: str = "all") -> list[Upload]:
+    """The uploads `only` asks for; `params` (the whole file) goes into the model card."""
+    dataset_repo, model_repo = cfg.dataset_repo, cfg.model_repo
     uploads = []
     for kind, repo in (("dataset", dataset_repo), ("model", model_repo)):
         if only not in ("all", kind):
@@ -258,7 +257,7 @@ def plan(params: dict[str, Any], paths: Paths, only: str = "all") -> list[Upload
     if only in ("all", "dataset"):
         uploads.append(dataset_upload(dataset_repo, paths.data))
     if only in ("all", "model"):
-        uploads.append(model_upload(model_repo, paths, params, dataset_repo, str(cfg.get("base_model_id") or "")))
+        uploads.append(model_upload(model_repo, paths, params, dataset_repo, cfg.base_model_id))
     return uploads
 
 
@@ -299,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--only", choices=("all", "dataset", "model"), default="all", help="what to upload")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    load_stage_params("publish", PublishParams, args.params)  # refused in one line before anything is read
+    cfg = load_stage_params("publish", PublishParams, args.params)  # refused in one line before anything is read
     params = load_params(None, args.params)
-    uploads = plan(params, Paths(), args.only)
+    uploads = plan(params, cfg, Paths(), args.only)
     if args.dry_run:
         sys.stdout.write(describe(uploads) + "\n")
         for up in uploads:
@@ -311,8 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     token = os.environ.get("HF_TOKEN", "")
     if not token:
         raise StageError("HF_TOKEN is not set in the environment (a write token); --dry-run shows the plan without it")
-    private = bool((params.get("publish") or {}).get("private", True))
-    push(uploads, token, os.environ.get("HF_ENDPOINT") or None, private)
+    push(uploads, token, os.environ.get("HF_ENDPOINT") or None, cfg.private)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,10 @@ def pinned(section: str, **overrides: Any) -> dict[str, Any]:
 def params_file(**sections: dict[str, Any]) -> dict[str, Any]:
     """The whole params.yaml with each given section's values merged over the pinned ones."""
     return deep_merge(REPO_PARAMS, sections)
+
+
+def hpo_params(**values: Any) -> Any:
+    """A validated `hpo:` section: the pinned one with `values` replacing whole keys (a test's own `space`)."""
+    from stages.common.schema import HpoParams
+
+    return HpoParams.model_validate({**REPO_PARAMS["hpo"], **values})

@@ -12,6 +12,7 @@ import pytest
 
 from stages.common.cli import StageError
 from stages.hpo import read_metric, run_study
+from tests.pinned_params import hpo_params
 
 
 def test_study_finds_the_minimum_with_an_injected_runner(tmp_path):
@@ -24,9 +25,9 @@ def test_study_finds_the_minimum_with_an_injected_runner(tmp_path):
         x = overrides["train.learning_rate"]
         (metrics / "train.json").write_text(json.dumps({"eval_loss": (x - 0.3) ** 2}))
 
-    params = {"n_trials": 25, "target": "train", "metric": "metrics/train.json:eval_loss",
-              "direction": "minimize", "seed": 1, "storage": "",
-              "space": {"train.learning_rate": {"type": "float", "low": 0.0, "high": 1.0}}}
+    params = hpo_params(n_trials=25, n_startup_trials=8, target="train", metric="metrics/train.json:eval_loss",
+                        direction="minimize", seed=1, storage="", prune_on="",
+                        space={"train.learning_rate": {"type": "float", "low": 0.0, "high": 1.0}})
     result = run_study(params, runner=runner, root=tmp_path)
     assert result["n_complete"] == 25
     assert abs(result["best_params"]["train.learning_rate"] - 0.3) < 0.1
@@ -42,8 +43,8 @@ def test_failed_trials_are_recorded_not_fatal(tmp_path):
             raise RuntimeError("dvc exp run failed: boom")
         (tmp_path / "m.json").write_text(json.dumps({"a": {"b": overrides["k"]}}))
 
-    params = {"n_trials": 3, "metric": "m.json:a.b", "storage": "", "seed": 0,
-              "space": {"k": {"type": "categorical", "choices": [1, 2, 3]}}}
+    params = hpo_params(n_trials=3, n_startup_trials=2, metric="m.json:a.b", storage="", seed=0, prune_on="",
+                        space={"k": {"type": "categorical", "choices": [1, 2, 3]}})
     result = run_study(params, runner=runner, root=tmp_path)
     assert result["n_complete"] == 3 and result["n_failed"] == 1  # a failed trial is recorded and replaced
 
@@ -83,12 +84,11 @@ def test_trials_are_dvc_experiments(tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
     monkeypatch.setenv("PATH", env["PATH"])
     monkeypatch.setenv("HOME", env["HOME"])
-    params = {"n_trials": 3, "target": "train", "metric": "m.json:loss", "seed": 0,
-              "storage": f"sqlite:///{tmp_path}/study.db", "study_name": "t",
-              "space": {"train.x": {"type": "categorical", "choices": [1.0, 2.0, 4.0]}}}
+    params = hpo_params(n_trials=3, n_startup_trials=2, target="train", metric="m.json:loss", seed=0, prune_on="",
+                        storage=f"sqlite:///{tmp_path}/study.db", study_name="t",
+                        space={"train.x": {"type": "categorical", "choices": [1.0, 2.0, 4.0]}})
     first = run_study(params)
-    params["n_trials"] = 4  # resumes: only one more trial runs
-    second = run_study(params)
+    second = run_study(params.model_copy(update={"n_trials": 4}))  # resumes: only one more trial runs
     assert first["n_complete"] == 3 and second["n_complete"] == 4
     assert first["best_params"] == {"train.x": 2.0} and first["best_value"] == 0.0
     experiments = sh("dvc", "exp", "list", "--name-only").split()
@@ -124,10 +124,10 @@ def test_a_hopeless_trial_is_pruned_from_its_live_curve(tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
     for key in ("PATH", "HOME", "GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(key, env[key])
-    params = {"n_trials": 4, "target": "train", "metric": "m.json:loss", "seed": 0, "study_name": "p",
-              "storage": f"sqlite:///{tmp_path}/p.db", "n_startup_trials": 2, "prune_warmup_steps": 0,
-              "prune_on": "curve.tsv", "poll_seconds": 0.2,
-              "space": {"train.x": {"type": "float", "low": 0.0, "high": 10.0}}}
+    params = hpo_params(n_trials=4, target="train", metric="m.json:loss", seed=0, study_name="p",
+                        storage=f"sqlite:///{tmp_path}/p.db", n_startup_trials=2, prune_warmup_steps=0,
+                        prune_on="curve.tsv", poll_seconds=0.2,
+                        space={"train.x": {"type": "float", "low": 0.0, "high": 10.0}})
     study = open_study(params)
     for x in (2.0, 2.5, 9.0, 2.1):  # the third is hopeless from its first point on
         study.enqueue_trial({"train.x": x})

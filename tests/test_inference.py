@@ -91,3 +91,28 @@ def test_repetition_penalty_spares_the_prompt():
     assert scores[0, 5] == scores[0, 6] == scores[0, 7] == 3.0 and scores[0, 8] == 2.0
     assert scores[1, 1] == 3.0 and scores[1, 4] == 2.0 and scores[1, 8] == 3.0
     assert len(answer_repetition_penalty(1.0, 3)) == 0
+
+
+def test_bf16_autocast_reaches_the_model_in_every_generation_path(assistant):
+    """`inference.autocast: bf16` runs the linear layers in bf16, also in the streaming path's worker thread
+    (autocast state is per thread); `none` leaves them in fp32."""
+    import dataclasses
+
+    import torch
+
+    bf16 = Assistant(assistant.model, assistant.tokenizer, assistant.retriever,
+                     dataclasses.replace(assistant.settings, autocast="bf16"))
+    linear = next(m for m in assistant.model.modules() if isinstance(m, torch.nn.Linear))
+    seen: list[torch.dtype] = []
+    hook = linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    try:
+        list(bf16.stream("etcd port?", options=OPTIONS))
+        streamed, seen[:] = set(seen), []
+        bf16.answer("etcd port?", options=OPTIONS)
+        batched, seen[:] = set(seen), []
+        assistant.answer("etcd port?", options=OPTIONS)
+        plain = set(seen)
+    finally:
+        hook.remove()
+    assert streamed == batched == {torch.bfloat16}
+    assert plain == {torch.float32}

@@ -251,6 +251,13 @@ def test_killed_run_resumes_from_last_checkpoint(base_dir: Path, data_dir: Path,
     assert sorted(p.name for p in paths.checkpoint_dir.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
+def test_cpu_autocast_follows_params(tmp_path: Path) -> None:
+    """train.autocast: bf16 makes accelerate run CPU forwards under bf16 autocast; none keeps fp32."""
+    paths = make_paths(tmp_path, tmp_path, tmp_path)
+    assert sft_config({**PARAMS, "autocast": "bf16"}, paths, "cpu").bf16 is True
+    assert sft_config({**PARAMS, "autocast": "none"}, paths, "cpu").bf16 is False
+
+
 def test_prepare_checkpoints_keeps_matching_and_clears_others(tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoints"
     assert prepare_checkpoints(ckpt, "aaa") is None

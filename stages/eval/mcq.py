@@ -91,7 +91,8 @@ def score_continuations(model: Any, prompt_ids: Sequence[int], continuations: Se
         prompt_ids = list(prompt_ids)[-max(1, max_tokens - longest):]
     device = next(model.parameters()).device
     with torch.inference_mode():
-        prefix = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True)
+        # only the prompt's last position predicts anything here: the LM head runs on that one position
+        prefix = model(input_ids=torch.tensor([list(prompt_ids)], device=device), use_cache=True, logits_to_keep=1)
         last_logits = prefix.logits[0, -1].float()
         results = []
         for cont in continuations:

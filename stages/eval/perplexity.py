@@ -73,11 +73,16 @@ def masked_logprobs(model: Any, sequences: Sequence[Scored], *, pad_id: int, bat
             ids[row, :n] = torch.tensor(seqs[i][0])
             attn[row, :n] = 1
             scored[row, :n] = torch.tensor(seqs[i][1], dtype=torch.bool)
+        # The LM head (a 49k-262k vocabulary) runs only from the position before the batch's first scored token:
+        # a retrieval prompt is ~10x longer than the reference it conditions, and its own logits are never read.
+        first = min((int(row.nonzero()[0]) for row in scored if row.any()), default=1)
+        start = max(first - 1, 0)
         with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device),
+                           logits_to_keep=width - start).logits.float()
             # token t is predicted from position t-1; the first token of a sequence has no prediction
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].to(device), reduction="none")
-        target_mask = scored[:, 1:].to(device)
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, start + 1:].to(device), reduction="none")
+        target_mask = scored[:, start + 1:].to(device)
         sums = -(nll * target_mask).sum(dim=1)
         counts = target_mask.sum(dim=1)
         for row, i in enumerate(batch):
