@@ -29,6 +29,7 @@ from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.progress import progress
 from stages.common.schema import LangfilterParams, load_stage_params
 from stages.common.text import count_words, split_fences
+from stages.common.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def judge_all(tasks: list[tuple[str, int]], workers: int, desc: str) -> list[tup
     if workers <= 1 or len(tasks) < 200:
         return [judge(t) for t in tasks]
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=die_with_parent) as pool:
         return list(progress(pool.imap(judge, tasks, chunksize=64), desc=desc, total=len(tasks), unit="text"))
 
 

@@ -46,10 +46,17 @@ def time_budget(seconds: float) -> Iterator[None]:
 
 
 def die_with_parent() -> None:
-    """Pool initializer: the kernel kills this worker when its parent dies, even by SIGKILL (Linux)."""
+    """Pool initializer: the kernel kills this worker when its parent dies, even by SIGKILL (Linux), and SIGTERM
+    kills it outright.
+
+    Why SIGTERM goes back to its default: a forked worker inherits run_cli's Python-level SIGTERM handler, and
+    Python runs such a handler only between bytecodes. `Pool.terminate()` takes the task queue's lock and then
+    SIGTERMs the idle workers; a signal that lands just before a worker blocks on that lock wakes nothing, and the
+    parent waits for the worker forever. This hung `dvc repro` at the end of unify (seen in CI; reproduced here)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it terminates the pool
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError, TypeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it terminates the pool
