@@ -79,3 +79,27 @@ def test_run_cli_turns_stage_errors_into_one_line(caplog):
         assert run_cli(main, []) == 1
     assert "scrape.source=mirror" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def _sigterm_disposition(_: int) -> str:
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    return "default" if handler == signal.SIG_DFL else repr(handler)
+
+
+def test_pool_workers_take_sigterm_default_action() -> None:
+    """A forked worker must not inherit run_cli's Python-level SIGTERM handler: Pool.terminate() SIGTERMs idle
+    workers blocked on the task queue's lock, and a Python handler can miss that signal (a hung `dvc repro`)."""
+    import multiprocessing
+    import signal
+
+    from stages.common.cli import _raise_interrupt
+    from stages.common.workers import die_with_parent
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # what run_cli installs in a stage's process
+    try:
+        with multiprocessing.get_context("fork").Pool(2, initializer=die_with_parent) as pool:
+            assert set(pool.map(_sigterm_disposition, range(4))) == {"default"}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
