@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stages import stackoverflow as S
+from stages.common.jsonl import read_jsonl
 from stages.common.metrics import StageMetrics
 from stages.common.text import clean_markdown, html_fragment_text, html_page_to_markdown, split_fences
 from stages.unify import structured
@@ -96,7 +97,8 @@ def test_unify_never_loses_the_good_file_of_the_run(tmp_path_factory: object, fi
     params = {"chunk_max_words": 50, "chunk_min_words": 5, "max_file_bytes": 100_000, "pdf_max_pages": 5,
               "workers": 1, "file_timeout_s": 5}
     unify(scrape, tmp / "out", params, StageMetrics("unify"))
-    docs = [json.loads(x) for x in (tmp / "out" / "documents.jsonl").read_text().splitlines()]
+    # read as JSONL readers do (lines end at "\n"): str.splitlines() would also split a text's U+0085 or U+2028
+    docs = list(read_jsonl(tmp / "out" / "documents.jsonl"))
     assert "good.md" in {d["path"] for d in docs}
 
 
@@ -105,7 +107,7 @@ def test_unify_never_loses_the_good_file_of_the_run(tmp_path_factory: object, fi
 def test_pdf_reader_never_raises_out_of_process_file(tmp_path_factory: object, data: bytes) -> None:
     tmp = tmp_path_factory.mktemp("pdf")  # type: ignore[attr-defined]
     scrape = scrape_from_files(tmp / "scrape", {"x.pdf": data})
-    row = json.loads((scrape / "manifest.jsonl").read_text().splitlines()[0])
+    row = next(read_jsonl(scrape / "manifest.jsonl"))
     result = process_file(row, str(scrape), {"chunk_max_words": 50, "chunk_min_words": 5, "max_file_bytes": 10**6,
                                              "pdf_max_pages": 5, "file_timeout_s": 5})
     assert result.skip is None or isinstance(result.skip, str)
