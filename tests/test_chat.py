@@ -14,6 +14,7 @@ import yaml
 
 from stages.chat import ChatSession, repl
 from stages.common.inference import format_sources
+from tests.pinned_params import params_file
 from tests.serve_helpers import tiny_assistant, tiny_index
 
 QUESTION = "What is a Pod in Kubernetes?"
@@ -31,10 +32,12 @@ def setup(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     root = tmp_path_factory.mktemp("chat")
     index = tiny_index(root)
     params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "merge": {"system_prompt": "You are an expert on the CNCF landscape."},
-        "train": {"quantization": "none"},
-        "inference": {"k": 2, "max_new_tokens": 16, "retrieval_mode": "bm25"}}))
+    # the pinned params with the reference assistant's settings (tests/serve_helpers.tiny_assistant)
+    params.write_text(yaml.safe_dump(params_file(
+        merge={"system_prompt": "You are an expert on the CNCF landscape."},
+        train={"quantization": "none"},
+        inference={"k": 2, "max_new_tokens": 16, "retrieval_mode": "bm25", "excerpt_words": 100,
+                   "max_prompt_tokens": 1024, "repetition_penalty": 1.2, "autocast": "none"})))
     return {"root": root, "index": index, "params": params, "assistant": tiny_assistant(tiny_model_dir, index)}
 
 
