@@ -38,3 +38,25 @@ def hpo_params(**values: Any) -> Any:
     from stages.common.schema import HpoParams
 
     return HpoParams.model_validate({**REPO_PARAMS["hpo"], **values})
+
+
+def broken(section: str, dotted: str, value: object) -> dict[str, Any]:
+    """The pinned params with one value of `section` changed; `value` may be ("DELETE",), ("RENAME", new_key) or
+    ("ADD", value). hpo.space keys hold dots (`space.train.lr` is one key under space), so they split once."""
+    params = copy.deepcopy(REPO_PARAMS)
+    if section == "hpo" and dotted.startswith("space."):
+        parents, leaf = ["space"], dotted.removeprefix("space.")
+    else:
+        *parents, leaf = dotted.split(".")
+    node = params[section]
+    for part in parents:
+        node = node[part]
+    if isinstance(value, tuple) and value[0] == "DELETE":
+        del node[leaf]
+    elif isinstance(value, tuple) and value[0] == "RENAME":
+        node[value[1]] = node.pop(leaf)
+    elif isinstance(value, tuple) and value[0] == "ADD":
+        node[leaf] = value[1]
+    else:
+        node[leaf] = value
+    return params

@@ -3,7 +3,6 @@ is refused with one line naming the param, and the pinned params.yaml and the CI
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import yaml
 
 from stages.common import schema
 from stages.common.params import ParamsError
-from tests.pinned_params import REPO_PARAMS, deep_merge
+from tests.pinned_params import REPO_PARAMS, broken, deep_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"index": schema.IndexParams, "inference": schema.InferenceParams, "train": schema.TrainParams,
@@ -53,23 +52,6 @@ CASES = [
     ("competitors", "batch_size", 100, "competitors.batch_size: 100 — must be an integer ≤ 64"),
     ("competitors", "models", [{"name": "../x", "model": "m"}], "competitors.models.0.name: '../x' —"),
 ]
-
-
-def broken(section: str, dotted: str, value: object) -> dict:
-    params = copy.deepcopy(REPO_PARAMS)
-    *parents, leaf = dotted.split(".") if section != "hpo" or not dotted.startswith("space") else [dotted]
-    node = params[section]
-    for part in parents:
-        node = node[part]
-    if isinstance(value, tuple) and value[0] == "DELETE":
-        del node[leaf]
-    elif isinstance(value, tuple) and value[0] == "RENAME":
-        node[value[1]] = node.pop(leaf)
-    elif isinstance(value, tuple) and value[0] == "ADD":
-        node[leaf] = value[1]
-    else:
-        node[leaf] = value
-    return params
 
 
 @pytest.mark.parametrize("section", sorted(MODELS))

@@ -7,7 +7,6 @@ line naming the param, and every previous output byte-identical afterwards.
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import yaml
 
 from stages.common import schema
 from stages.common.params import ParamsError
+from tests.pinned_params import broken
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
@@ -53,21 +53,6 @@ CASES = [
     ("merge", "validation_fraction", -0.1, "merge.validation_fraction: -0.1 — must be a number ≥ 0.0"),
     ("merge", "seed", ("DELETE",), "merge.seed: missing — required"),
 ]
-
-
-def broken(stage: str, dotted: str, value: object) -> dict:
-    params = copy.deepcopy(PARAMS)
-    *parents, leaf = dotted.split(".")
-    node = params[stage]
-    for part in parents:
-        node = node[part]
-    if isinstance(value, tuple) and value[0] == "DELETE":
-        del node[leaf]
-    elif isinstance(value, tuple) and value[0] == "RENAME":
-        node[value[1]] = node.pop(leaf)
-    else:
-        node[leaf] = value
-    return params
 
 
 def test_repo_params_are_valid() -> None:
