@@ -54,12 +54,16 @@ def main() -> None:
     sample = random.Random(0).sample(texts, min(args.embed_sample, len(texts)))
     for length in (128, 256):
         encoder = load_encoder(args.model, length)
-        encode(encoder, sample[:16])
-        start = time.perf_counter()
-        encode(encoder, sample, 64)
-        rate = len(sample) / (time.perf_counter() - start)
-        rows.append((f"embed, max_seq_length {length}", f"{rate:.1f} chunks/s → {len(chunks) / rate / 60:.1f} min "
-                                                        "for the corpus"))
+        fp32 = None
+        for autocast in ("none", "bf16"):
+            encode(encoder, sample[:16], autocast=autocast)
+            start = time.perf_counter()
+            vectors = encode(encoder, sample, 64, autocast=autocast)
+            rate = len(sample) / (time.perf_counter() - start)
+            fp32 = vectors if fp32 is None else fp32
+            agreement = "" if vectors is fp32 else f", min cosine to fp32 {float((vectors * fp32).sum(1).min()):.5f}"
+            rows.append((f"embed, max_seq_length {length}, autocast {autocast}",
+                         f"{rate:.1f} chunks/s → {len(chunks) / rate / 60:.1f} min for the corpus{agreement}"))
 
     retriever = Retriever.load(args.index_dir)
     embeddings = retriever.embeddings

@@ -125,6 +125,34 @@ def test_rebuild_reuses_cached_embeddings(tmp_path):
     assert read_json(tmp_path / "index" / "meta.json")["n_chunks"] == 4
 
 
+def test_bf16_embeddings_key_apart_and_queries_follow_the_index(tmp_path, monkeypatch):
+    """bf16 vectors are not fp32 vectors: a bf16 build must not reuse fp32 cache entries, must record its compute
+    in meta.json, and the retriever must embed queries the way the index embedded the chunks."""
+    import stages.common.retrieval as retrieval
+    from stages.common.jsonl import read_json
+
+    fp32 = Retriever.load(build_tiny_index(tmp_path / "a", CHUNKS[:4], cache_dir=str(tmp_path / "cache")))
+    from stages.common.metrics import StageMetrics
+    from stages.index.build import IndexParams, build_index
+    from tests.fakes.tiny_index import INDEX_PARAMS
+
+    metrics = StageMetrics("index")
+    build_index(tmp_path / "a" / "langfilter" / "chunks.jsonl", tmp_path / "b",
+                IndexParams(**{**INDEX_PARAMS, "cache_dir": str(tmp_path / "cache"), "autocast": "bf16"}), metrics)
+    assert metrics.values["embedding.embedded"] == 4 and metrics.values["embedding.reused"] == 0
+    assert read_json(tmp_path / "b" / "meta.json")["embedding"]["autocast"] == "bf16"
+    bf16 = Retriever.load(tmp_path / "b")
+    a, b = fp32.embeddings.astype(np.float32), bf16.embeddings.astype(np.float32)
+    assert not np.array_equal(a, b) and float((a * b).sum(1).min()) > 0.98
+
+    seen: list[str] = []
+    real_encode = retrieval.encode
+    monkeypatch.setattr(retrieval, "encode", lambda *a, **kw: (seen.append(kw.get("autocast")), real_encode(*a, **kw))[1])
+    fp32.search("metrics scraping", 2, mode="dense")
+    bf16.search("metrics scraping", 2, mode="dense")
+    assert seen == ["none", "bf16"]
+
+
 def test_bad_index_param_is_one_line_and_touches_nothing(tmp_path, repo_root):
     import yaml
 

@@ -28,6 +28,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+Autocast = Literal["none", "bf16"]
 
 
 class StageParams(BaseModel):
@@ -219,6 +220,7 @@ class IndexParams(StageParams):
     embedding_model: NonEmptyStr
     max_seq_length: Annotated[int, Field(ge=16, le=8192)]
     batch_size: Annotated[int, Field(ge=1, le=4096)]
+    autocast: Autocast
     cache_dir: NonEmptyStr
     dense_backend: Literal["exact", "usearch"]
     rrf_k: Annotated[int, Field(ge=1, le=10000)]
@@ -231,7 +233,6 @@ class IndexParams(StageParams):
 
 
 # ------------------------------------------------------------------------------------------ inference
-Autocast = Literal["none", "bf16"]
 Quantization = Literal["none", "4bit", "8bit"]
 
 

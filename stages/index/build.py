@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 SHARD_ROWS = 1024
 
 
-def embedding_key(model: str, max_seq_length: int, text: str) -> str:
-    return hashlib.sha256(f"{model}\x1f{max_seq_length}\x1f{text}".encode()).hexdigest()[:32]
+def embedding_key(model: str, max_seq_length: int, text: str, autocast: str = "none") -> str:
+    """The cache key of one chunk's vector; bf16 vectors differ slightly from fp32 ones, so they key apart."""
+    compute = "" if autocast == "none" else f"\x1f{autocast}"  # fp32 keys as before: old caches stay valid
+    return hashlib.sha256(f"{model}\x1f{max_seq_length}\x1f{text}{compute}".encode()).hexdigest()[:32]
 
 
 class EmbeddingCache:
@@ -101,7 +103,7 @@ def embed_chunks(chunks: Sequence[dict[str, Any]], params: IndexParams, metrics:
     cache = EmbeddingCache(Path(params.cache_dir), model_tag)
     cached = cache.load()
     texts = [search_text(c) for c in chunks]
-    keys = [embedding_key(params.embedding_model, params.max_seq_length, t) for t in texts]
+    keys = [embedding_key(params.embedding_model, params.max_seq_length, t, params.autocast) for t in texts]
     todo = sorted({k: i for i, k in enumerate(keys) if k not in cache.vectors}.values())
     metrics.set("embedding.cache_entries_before", cached)
     metrics.set("embedding.embedded", len(todo))
@@ -112,7 +114,8 @@ def embed_chunks(chunks: Sequence[dict[str, Any]], params: IndexParams, metrics:
         shards = list(_batches(todo, SHARD_ROWS))
         for shard in progress(shards, desc=f"embed ({len(todo)} chunks)", unit="shard"):
             # one encode call per shard: sentence-transformers sorts its inputs by length, so batches pad little
-            cache.add([keys[i] for i in shard], encode(encoder, [texts[i] for i in shard], params.batch_size))
+            cache.add([keys[i] for i in shard], encode(encoder, [texts[i] for i in shard], params.batch_size,
+                                                          params.autocast))
         seconds = time.perf_counter() - start
         metrics.set("embedding.seconds", round(seconds, 2))
         metrics.set("embedding.chunks_per_second", round(len(todo) / max(seconds, 1e-9), 1))
@@ -151,7 +154,8 @@ def build_index(chunks_path: Path, out_dir: Path, params: IndexParams, metrics: 
         "n_documents": len({c["doc_id"] for c in chunks}),
         "projects": sorted({c["project"] for c in chunks if c.get("project")}),
         "embedding": {"model": params.embedding_model, "dim": int(embeddings.shape[1]),
-                      "max_seq_length": params.max_seq_length, "dtype": "float16"},
+                      "max_seq_length": params.max_seq_length, "dtype": "float16",
+                      "autocast": params.autocast},
         "bm25": {"tokenizer": "bm25s (stop words: en, Snowball English stemmer)", "method": "lucene"},
         "query": {"rrf_k": params.rrf_k, "bm25_weight": params.bm25_weight, "dense_weight": params.dense_weight,
                   "candidates": params.candidates, "project_filter": params.project_filter,

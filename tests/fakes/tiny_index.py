@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 INDEX_PARAMS = {
-    "embedding_model": "all-minilm-l6-v2", "max_seq_length": 128, "batch_size": 32, "cache_dir": "",
+    "embedding_model": "all-minilm-l6-v2", "max_seq_length": 128, "batch_size": 32, "autocast": "none", "cache_dir": "",
     "dense_backend": "exact", "rrf_k": 60, "bm25_weight": 1.0, "dense_weight": 1.0, "candidates": 20,
     "project_filter": "none", "eval_k": [1, 5, 10], "latency_queries": 5,
 }
