@@ -182,8 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["index"] = time.perf_counter() - start
     eval_params = EvalParams.model_validate({
         **all_params["eval"], "sets": [], "max_examples": 0, "max_new_tokens": 8 if args.dry_run else 128,
-        "batch_size": 8, "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_prompt_tokens": 768,
-        "max_length": 1024, "contamination_ngram": 13, "system_prompt": "", "threads": 0,
+        "batch_size": 8, "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_length": 1024,
+        "contamination_ngram": 13, "system_prompt": "", "threads": 0,
         "quantization": train_params["quantization"]})
     eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", index_dir=work / "index",
                            train=work / "merge" / "train.jsonl",
