@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from stages.base_model import build_base_model
+    from stages.common.inference import InferenceSettings
     from stages.common.jsonl import write_jsonl
     from stages.common.metrics import StageMetrics
+    from stages.common.schema import EvalParams
     from stages.eval.pipeline import EvalPaths, run_eval
     from stages.qa_gen import finalize_pairs
     from stages.qa_gen.llm import generate_llm
@@ -178,17 +180,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     build_index(work / "chunks.jsonl", work / "index", index_params, StageMetrics("index"))
     timings["index"] = time.perf_counter() - start
-    eval_params = {"sets": [], "max_examples": 0, "max_new_tokens": 8 if args.dry_run else 128, "batch_size": 8,
-                   "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_prompt_tokens": 768,
-                   "max_length": 1024, "contamination_ngram": 13, "system_prompt": "", "threads": 0,
-                   "quantization": train_params["quantization"]}
+    eval_params = EvalParams.model_validate({
+        **all_params["eval"], "sets": [], "max_examples": 0, "max_new_tokens": 8 if args.dry_run else 128,
+        "batch_size": 8, "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_length": 1024,
+        "contamination_ngram": 13, "system_prompt": "", "threads": 0,
+        "quantization": train_params["quantization"]})
     eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", index_dir=work / "index",
                            train=work / "merge" / "train.jsonl",
                            test=work / "merge" / "test.jsonl", metrics=work / "eval.json",
                            predictions=work / "predictions.jsonl", report=work / "report.md",
                            plots_dir=work / "eval_plots")
     start = time.perf_counter()
-    evaluated = run_eval(eval_paths, eval_params, all_params=all_params)["sets"]["merge-test"]
+    evaluated = run_eval(eval_paths, eval_params, InferenceSettings.from_params(all_params))["sets"]["merge-test"]
     timings["eval"] = time.perf_counter() - start
     report["eval"] = {"n": evaluated["n"], "peak_gpu_mb": gpu_memory(),
                       "arms": {arm: {"rouge_l": row["rouge_l"]["mean"], "perplexity": row.get("perplexity")}

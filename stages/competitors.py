@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
+from stages.common.inference import InferenceSettings
 from stages.common.jsonl import iter_jsonl_lenient, read_json, write_json
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
-from stages.common.schema import CompetitorsParams, EvalParams, InferenceParams, load_stage_params
+from stages.common.schema import CompetitorsParams, EvalParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,10 @@ def own_rouge_by_item(predictions: Path) -> dict[tuple[str, str], float]:
             for r in iter_jsonl_lenient(predictions) if "rouge_l_tuned_rag" in r}
 
 
-def evaluate_competitor(name: str, model_dir: Path, eval_cfg: EvalParams, all_params: dict[str, Any],
+def evaluate_competitor(name: str, model_dir: Path, eval_cfg: EvalParams, settings: InferenceSettings,
                         batch_size: int, stats: StageMetrics) -> dict[str, Any]:
     """The competitor's closed and rag arms on every eval set (same items, prompts and settings as `eval`)."""
-    from stages.common.inference import Assistant, GenerationOptions, InferenceSettings, load_chat_tokenizer
+    from stages.common.inference import Assistant, GenerationOptions, load_chat_tokenizer
     from stages.common.modeling import load_causal_lm, pick_device, setup_cpu_threads
     from stages.common.retrieval import Retriever, docs_by_source_key
     from stages.eval import metrics as tm
@@ -84,9 +85,9 @@ def evaluate_competitor(name: str, model_dir: Path, eval_cfg: EvalParams, all_pa
     setup_cpu_threads(eval_cfg.threads or None)
     device = pick_device()
     assistant = Assistant(load_causal_lm(model_dir, "none", device).eval(), load_chat_tokenizer(model_dir),
-                          Retriever.load(paths.index_dir), InferenceSettings.from_params(all_params), name=name)
+                          Retriever.load(paths.index_dir), settings, name=name)
     system = eval_cfg.system_prompt or train_system_prompt(paths.train)
-    params = {**eval_cfg.model_dump(), "batch_size": batch_size}  # eval's pipeline functions read the dict
+    params = eval_cfg.model_copy(update={"batch_size": batch_size})  # competitors.batch_size: bigger vocabularies
     options = GenerationOptions(max_new_tokens=eval_cfg.max_new_tokens, repetition_penalty=eval_cfg.repetition_penalty)
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
     docs_by_key = docs_by_source_key(assistant.retriever.chunks)
@@ -171,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     setup_logging(args.log_level)
     cfg = load_stage_params("competitors", CompetitorsParams, args.params)
     eval_cfg = load_stage_params("eval", EvalParams, args.params)
-    load_stage_params("inference", InferenceParams, args.params)
-    all_params = load_params(None, args.params)
+    settings = InferenceSettings.from_params(load_params(None, args.params))  # inference: + merge.system_prompt
     specs = competitor_specs(cfg, args.only)
     if not specs:
         raise StageError("no competitors: add {name, model} entries under competitors.models in params.yaml")
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, ref in specs:
         stats = StageMetrics(f"competitors.{name}")
         model_dir = ensure_model(name, ref)
-        sets = evaluate_competitor(name, model_dir, eval_cfg, all_params, cfg.batch_size, stats)
+        sets = evaluate_competitor(name, model_dir, eval_cfg, settings, cfg.batch_size, stats)
         info = _read_json(model_dir / "base_model.json")
         write_json(METRICS_DIR / f"{name}.json", {"model": ref, "architecture": info.get("architecture"),
                                                   "n_parameters": info.get("n_parameters"), "sets": sets,

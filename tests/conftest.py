@@ -123,17 +123,23 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, ti
     return root
 
 
-def tiny_all_params(system: str = "") -> dict[str, Any]:
-    """The whole pinned params file (inference settings included) with the tiny workspace's system prompt."""
+def tiny_settings(system: str = "") -> Any:
+    """The pinned `inference:` settings with the tiny workspace's system prompt (as eval's CLI builds them)."""
+    from stages.common.inference import InferenceSettings
     from tests.pinned_params import params_file
 
-    return params_file(merge={"system_prompt": system})
+    return InferenceSettings.from_params(params_file(merge={"system_prompt": system}))
 
 
-def tiny_eval_params(root: Path) -> dict[str, Any]:
-    """eval params for the tiny workspace at `root` (a helper, not a fixture: tests call it with their own root)."""
-    return {"sets": [{"name": "cncf-qa", "path": str(root / "evalsets/qa.jsonl"), "format": "qa"},
+def tiny_eval_params(root: Path, **overrides: Any) -> Any:
+    """The pinned `eval:` section, validated, sized for the tiny workspace at `root` (a helper, not a fixture: tests
+    call it with their own root); `overrides` replace whole keys."""
+    from stages.common.schema import EvalParams
+    from tests.pinned_params import pinned
+
+    tiny = {"sets": [{"name": "cncf-qa", "path": str(root / "evalsets/qa.jsonl"), "format": "qa"},
                      {"name": "cncf-mcq", "path": str(MCQ_FIXTURE), "format": "mcq"},
                      {"name": "absent", "path": str(root / "nope.jsonl"), "format": "qa"}],
             "max_examples": 4, "max_new_tokens": 8, "batch_size": 3, "repetition_penalty": 1.2,
             "bootstrap_samples": 200, "seed": 42, "threads": 1}
+    return EvalParams.model_validate(pinned("eval", **{**tiny, **overrides}))

@@ -25,15 +25,18 @@ def project(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path,
     root = tmp_path_factory.mktemp("competitors")
     for sub in ("data", "evalsets"):
         shutil.copytree(workspace / sub, root / sub)
-    eval_params = {**tiny_eval_params(root), "sets": [{"name": "cncf-qa", "path": "evalsets/qa.jsonl", "format": "qa"},
-                                             *tiny_eval_params(root)["sets"][1:2]]}
-    params = params_file(eval=eval_params, merge={"system_prompt": ""},
+    from stages.common.inference import InferenceSettings
+
+    eval_params = tiny_eval_params(root, sets=[{"name": "cncf-qa", "path": "evalsets/qa.jsonl", "format": "qa"},
+                                               tiny_eval_params(root).sets[1].model_dump()])
+    params = params_file(eval=eval_params.model_dump(), merge={"system_prompt": ""},
                          competitors={"models": [{"name": "tiny-base", "model": str(tiny_model_dir)}],
                                       "batch_size": 3})
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        run_eval(EvalPaths(base_dir=tiny_model_dir, adapter_dir=tiny_adapter), eval_params, all_params=params)
+        run_eval(EvalPaths(base_dir=tiny_model_dir, adapter_dir=tiny_adapter), eval_params,
+                 InferenceSettings.from_params(params))
     return root
 
 
@@ -73,6 +76,18 @@ def test_bad_competitor_params_are_refused(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(competitors={"models": models})))
     monkeypatch.chdir(tmp_path)
     with pytest.raises((StageError, ParamsError), match=message):
+        main(["--params", "params.yaml"])
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_bad_inference_params_are_refused_before_any_model_is_built(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.competitors import main
+
+    params = params_file(competitors={"models": [{"name": "ok", "model": "not-a-model"}]}, inference={"k": -1})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParamsError, match="inference.k: -1"):
         main(["--params", "params.yaml"])
     assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
 

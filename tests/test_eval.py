@@ -15,7 +15,7 @@ from stages.common.jsonl import read_json, read_jsonl, write_jsonl
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 from stages.eval.mcq import McqItem, choose, item_correct, parse_item
-from tests.conftest import MCQ_FIXTURE, SYSTEM, tiny_all_params, tiny_eval_params
+from tests.conftest import MCQ_FIXTURE, SYSTEM, tiny_eval_params, tiny_settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -109,7 +109,7 @@ def _paths(root: Path, out: str, base: Path, adapter: Path) -> Any:
 def eval_run(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path) -> dict[str, Any]:
     from stages.eval.pipeline import run_eval
 
-    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_all_params())
+    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings())
 
 
 ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
@@ -168,9 +168,9 @@ def test_eval_answers_are_what_the_inference_core_gives(eval_run: dict[str, Any]
 
     params = tiny_eval_params(workspace)
     assistant, _ = load_assistant(_paths(workspace, "x", tiny_model_dir, tiny_adapter), params,
-                                  tiny_all_params(SYSTEM))
+                                  tiny_settings(SYSTEM))
     pred = next(p for p in read_jsonl(workspace / "run1/data/eval/predictions.jsonl") if p["set"] == "merge-test")
-    options = GenerationOptions(max_new_tokens=params["max_new_tokens"], repetition_penalty=1.2)
+    options = GenerationOptions(max_new_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty)
     conversation = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": pred["question"]}]
     assert assistant.answer(conversation, options=options).text == pred["tuned_rag"]
     assert assistant.answer(conversation, closed_book=True, options=options).text == pred["tuned_closed"]
@@ -213,7 +213,7 @@ def test_rerun_is_byte_identical(eval_run: dict[str, Any], workspace: Path, tiny
                                  tiny_adapter: Path) -> None:
     from stages.eval.pipeline import run_eval
 
-    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_all_params())
+    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings())
     for rel in ("data/eval/predictions.jsonl", "metrics/report.md"):
         assert (workspace / "run1" / rel).read_bytes() == (workspace / "run2" / rel).read_bytes(), rel
 
@@ -258,6 +258,29 @@ def test_cli_missing_inputs_is_one_line_error(tmp_path: Path, monkeypatch: pytes
     assert "data/merge/test.jsonl not found" in capsys.readouterr().err  # the inputs, not the params
 
 
+@pytest.mark.parametrize("section, change, message", [
+    ("inference", {"k": -1}, "inference.k: -1"),
+    ("eval", {"sets": [{"name": "merge-test", "path": "x.jsonl", "format": "qa"}]}, "merge-test"),
+])
+def test_cli_bad_params_refused_before_inputs_are_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str], section: str,
+                                                       change: dict[str, Any], message: str) -> None:
+    """eval and the inference settings it answers with are validated up front: a bad value is named in one line
+    before the (here missing) inputs are looked at, and nothing is written."""
+    import yaml
+
+    from stages.common.cli import run_cli
+    from stages.eval.__main__ import main
+    from tests.pinned_params import params_file
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(**{section: change})), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(main, ["--params", "params.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "not found" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
 def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_dir: Path, tiny_adapter: Path,
                                                       workspace: Path) -> None:
     from stages.eval.pipeline import run_eval
@@ -266,8 +289,8 @@ def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_
     test.parent.mkdir(parents=True)
     shutil.copytree(workspace / "data/index", tmp_path / "data/index")
     test.write_text('{"qa_id": "x", "messages": [{"role": "user", "content": "q?"}]}\n{not json\n', encoding="utf-8")
-    params = {**tiny_eval_params(tmp_path), "sets": []}
-    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params, tiny_all_params())
+    params = tiny_eval_params(tmp_path, sets=[])
+    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params, tiny_settings())
     assert report["sets"]["merge-test"]["n"] == 0
     assert report["run"]["dropped"]["merge-test"] == {"bad_json": 1, "invalid": 1}
     saved = json.loads((tmp_path / "out/metrics/eval.json").read_text(encoding="utf-8"))

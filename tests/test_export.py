@@ -45,7 +45,7 @@ def cfg() -> dict[str, Any]:
 
 def test_export_round_trip(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     stats = StageMetrics("export")
     result = run_export(cfg(), tiny_model_dir, adapter_dir, tmp_path / "models", stats)
@@ -68,6 +68,9 @@ def test_export_round_trip(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Pa
 
     localai = yaml.safe_load((gguf_dir / "localai.yaml").read_text())
     assert localai["parameters"]["model"] == "tiny-llm-q8_0.gguf" and "<|im_end|>" in localai["stopwords"]
+    # runtime.num_ctx unset: LocalAI gets the model's own context length (and Ollama its own default)
+    assert localai["context_size"] == AutoConfig.from_pretrained(str(tiny_model_dir)).max_position_embeddings
+    assert "num_ctx" not in modelfile and "num_ctx" not in localai["parameters"]
 
     # The merged model is the adapter folded in: it differs from the base, in the base's dtype, loads without peft.
     merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "models" / "merged"))
@@ -99,6 +102,12 @@ def test_wrong_qk_layout_fails_the_check(tiny_model_dir: Path, adapter_dir: Path
     assert not (models / "merged").exists()
     assert stats.as_dict()["gguf"]["f16"]["top1_agreement"] < 0.99
     assert not any(p.name.startswith(".export.") for p in models.iterdir())
+
+
+def test_runtime_num_ctx_is_the_localai_context_size() -> None:
+    runtime = {**CFG_PARAMS["runtime"], "num_ctx": 512}
+    assert validate({**CFG_PARAMS, "runtime": runtime}, "system")["context_size"] == 512
+    assert cfg()["context_size"] is None  # unset: run_export uses the model's context length
 
 
 @pytest.mark.parametrize("change, message", [

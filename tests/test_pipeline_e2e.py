@@ -201,17 +201,19 @@ def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_di
                              for i, r in enumerate(trained)))
     # eval.sets feeds merge's decontamination: changing it would retrain. Score the facts with the eval stage's own
     # code on the pipeline's models and index instead, writing outside the project.
+    from stages.common.inference import InferenceSettings
+    from stages.common.schema import EvalParams
     from stages.eval.pipeline import EvalPaths, run_eval
 
     out = tmp_path_factory.mktemp("facts_eval")
     all_params = yaml.safe_load((project / "params.yaml").read_text())
-    eval_params = {**all_params["eval"], "sets": [{"name": "trained-facts", "path": str(facts), "format": "qa"}],
-                   "max_examples": 16}
+    eval_params = EvalParams.model_validate({**all_params["eval"], "max_examples": 16,
+                                             "sets": [{"name": "trained-facts", "path": str(facts), "format": "qa"}]})
     paths = EvalPaths(base_dir=project / "models/base", adapter_dir=project / "models/adapter",
                       index_dir=project / "data/index", train=project / "data/merge/train.jsonl",
                       test=project / "data/merge/test.jsonl", metrics=out / "eval.json",
                       predictions=out / "predictions.jsonl", report=out / "report.md", plots_dir=out / "plots")
-    facts_eval = run_eval(paths, eval_params, all_params=all_params)["sets"]["trained-facts"]
+    facts_eval = run_eval(paths, eval_params, InferenceSettings.from_params(all_params))["sets"]["trained-facts"]
     # A random tiny model answers blanks; 120 steps move it measurably towards its own facts, not to fluency: the
     # references' perplexity after the RAFT prompt falls by ~10 % (518 -> 465 when written) and ROUGE-L leaves 0.
     arms = facts_eval["arms"]

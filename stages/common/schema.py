@@ -316,7 +316,6 @@ class EvalParams(StageParams):
     repetition_penalty: Annotated[float, Field(gt=0)]
     bootstrap_samples: PositiveInt
     seed: int
-    max_prompt_tokens: Annotated[int, Field(ge=64)]
     max_length: Annotated[int, Field(ge=16)]
     contamination_ngram: Annotated[int, Field(ge=3, le=64)]
     system_prompt: str

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Sequence
 
 from stages.common.cli import run_cli, setup_logging, stage_parser
+from stages.common.inference import InferenceSettings
 from stages.common.metrics import StageMetrics
 from stages.common.params import load_params
-from stages.common.schema import EvalParams, InferenceParams, load_stage_params
+from stages.common.schema import EvalParams, load_stage_params
 from stages.eval.pipeline import EvalPaths, run_eval
 
 log = logging.getLogger(__name__)
@@ -22,13 +23,12 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
-    # every section eval reads, validated before anything is loaded or written
-    params = load_stage_params("eval", EvalParams, args.params).model_dump()
-    load_stage_params("inference", InferenceParams, args.params)
-    all_params = load_params(None, args.params)
+    # every section eval reads, validated once, before anything is loaded or written
+    params = load_stage_params("eval", EvalParams, args.params)
+    settings = InferenceSettings.from_params(load_params(None, args.params))  # inference: + merge.system_prompt
     stats = StageMetrics("eval")
     paths = EvalPaths()
-    run_eval(paths, params, all_params, stats)
+    run_eval(paths, params, settings, stats)
     log.info("wrote %s, %s, %s in %.1fs", paths.metrics, paths.predictions, paths.report, stats.elapsed)
 
 

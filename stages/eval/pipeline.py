@@ -1,6 +1,7 @@
 """The whole eval run: load sets, score base and tuned on each, write eval.json, predictions, report and plots.
 
-Kept apart from `__main__` so tests call `run_eval` with explicit paths and a params dict.
+Kept apart from `__main__` so tests call `run_eval` with explicit paths, the validated `eval:` section and the
+inference settings.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, stable_id, write_json, write_jsonl
 from stages.common.metrics import StageMetrics
 from stages.common.retrieval import docs_by_source_key
+from stages.common.schema import EvalParams
 from stages.common.text import words
 from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 
+if TYPE_CHECKING:
+    from stages.common.inference import InferenceSettings
+
 log = logging.getLogger(__name__)
 
-MERGE_TEST = "merge-test"
-FORMATS = ("qa", "mcq")
+MERGE_TEST = "merge-test"  # eval.sets may not use this name (the schema refuses it)
 
 
 @dataclass(frozen=True)
@@ -129,19 +133,17 @@ def train_system_prompt(train_path: Path) -> str | None:
     return min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] if counts else None
 
 
-def load_sets(paths: EvalPaths, params: dict[str, Any], system: str | None, stats: StageMetrics) -> list[EvalSet]:
+def load_sets(paths: EvalPaths, params: EvalParams, system: str | None, stats: StageMetrics) -> list[EvalSet]:
     """merge-test first, then every `eval.sets` entry; a missing external file is skipped with a warning."""
     from stages.eval.mcq import parse_item
 
-    seed, cap = int(params.get("seed", 42)), int(params.get("max_examples", 0))
+    seed, cap = params.seed, params.max_examples
     if not paths.test.is_file():
         raise StageError(f"{paths.test} not found (run `dvc repro merge` first)")
     items = load_items(read_rows(paths.test, MERGE_TEST, stats), qa_from_messages, paths.test, MERGE_TEST, stats)
     sets = [EvalSet(MERGE_TEST, "qa", str(paths.test), select_subset(items, cap, seed, lambda it: it.qa_id))]
-    for spec in params.get("sets") or []:
-        name, fmt, path = str(spec.get("name", "")), str(spec.get("format", "qa")), Path(str(spec.get("path", "")))
-        if not name or fmt not in FORMATS or name == MERGE_TEST:
-            raise StageError(f"eval.sets entry {spec!r}: needs a name (not {MERGE_TEST}), a path and format qa|mcq")
+    for spec in params.sets:  # names (unique, not merge-test), paths and formats checked by the schema
+        name, fmt, path = spec.name, spec.format, Path(spec.path)
         if not path.is_file():
             log.warning("eval set %s: %s not found; skipped", name, path)
             stats.inc(f"errors.missing_set.{name}")
@@ -207,19 +209,19 @@ def _arm_context(assistant: Any, arm: str) -> Any:
 
 
 def run_qa_arm(assistant: Any, items: Sequence[QaItem], sources: Sequence[Sequence[Any]], arm: str,
-               params: dict[str, Any], options: Any, set_name: str) -> tuple[list[str], list[tuple[float, int]]]:
+               params: EvalParams, options: Any, set_name: str) -> tuple[list[str], list[tuple[float, int]]]:
     """Answers (greedy, through the inference core) and reference log-likelihoods for one arm."""
     from stages.eval.perplexity import continuation_sequence, masked_logprobs
 
     prompts = [assistant.build_prompt(conversation(it.question, it.system), src if is_rag(arm) else None)
                for it, src in zip(items, sources, strict=True)]
     with _arm_context(assistant, arm), assistant.compute():
-        outputs = assistant.generate(prompts, options, batch_size=int(params["batch_size"]),
+        outputs = assistant.generate(prompts, options, batch_size=params.batch_size,
                                      desc=f"{set_name} {arm} generate")
         sequences = [continuation_sequence(assistant.tokenizer, p, it.reference) for p, it in zip(prompts, items,
                                                                                                   strict=True)]
         scores = masked_logprobs(assistant.model, sequences, pad_id=assistant.tokenizer.pad_token_id,
-                                 batch_size=int(params["batch_size"]), max_tokens=int(params.get("max_length", 1024)),
+                                 batch_size=params.batch_size, max_tokens=params.max_length,
                                  desc=f"{set_name} {arm} perplexity")
     return [text for text, *_ in outputs], scores
 
@@ -237,14 +239,14 @@ def retrieval_only_answers(items: Sequence[QaItem], sources: Sequence[Sequence[A
 
 def score_qa_set(eval_set: EvalSet, answers: dict[str, list[str]], scores: dict[str, list[tuple[float, int]]],
                  sources: Sequence[Sequence[Any]], docs: Sequence[frozenset[str]], doc_of: dict[str, str],
-                 params: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                 params: EvalParams) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per-arm metrics, each named Δ with a paired bootstrap CI, per-project ROUGE-L and one prediction row per item."""
     from stages.common.prompting import strip_citations
     from stages.eval.grounded import grounded_scores, summarise
     from stages.eval.perplexity import perplexity
 
     items, refs = eval_set.items, [it.reference for it in eval_set.items]
-    samples, seed = int(params.get("bootstrap_samples", 1000)), int(params.get("seed", 42))
+    samples, seed = params.bootstrap_samples, params.seed
     rouge = {arm: [tm.rouge_l(strip_citations(a), r) for a, r in zip(answers[arm], refs, strict=True)]
              for arm in answers}
     arms: dict[str, Any] = {}
@@ -290,7 +292,7 @@ def score_qa_set(eval_set: EvalSet, answers: dict[str, list[str]], scores: dict[
 
 
 def run_mcq_arm(assistant: Any, items: Sequence[Any], sources: Sequence[Sequence[Any]], arm: str, system: str | None,
-                params: dict[str, Any], set_name: str) -> list[dict[str, int]]:
+                params: EvalParams, set_name: str) -> list[dict[str, int]]:
     """Correctness per item: option log-likelihood after the same prompt the arm answers open questions with."""
     from stages.eval.mcq import score_items_shared_prefix
 
@@ -298,12 +300,12 @@ def run_mcq_arm(assistant: Any, items: Sequence[Any], sources: Sequence[Sequence
                for item, src in zip(items, sources, strict=True)]
     with _arm_context(assistant, arm), assistant.compute():
         return score_items_shared_prefix(assistant.model, assistant.tokenizer, prompts, items,
-                                         max_tokens=int(params.get("max_length", 1024)), desc=f"{set_name} {arm}")
+                                         max_tokens=params.max_length, desc=f"{set_name} {arm}")
 
 
 def score_mcq_set(eval_set: EvalSet, correct: dict[str, list[dict[str, int]]], sources: Sequence[Sequence[Any]],
-                  docs: Sequence[frozenset[str]], doc_of: dict[str, str], params: dict[str, Any]) -> dict[str, Any]:
-    samples, seed = int(params.get("bootstrap_samples", 1000)), int(params.get("seed", 42))
+                  docs: Sequence[frozenset[str]], doc_of: dict[str, str], params: EvalParams) -> dict[str, Any]:
+    samples, seed = params.bootstrap_samples, params.seed
     arms = {}
     for arm, rows in correct.items():
         arms[arm] = {"accuracy": tm.mean_with_ci([c["sum"] for c in rows], samples, seed),
@@ -337,40 +339,38 @@ def finite(obj: Any) -> Any:
 
 # ---------------------------------------------------------------- the run
 
-def load_assistant(paths: EvalPaths, params: dict[str, Any], all_params: dict[str, Any]) -> Any:
+def load_assistant(paths: EvalPaths, params: EvalParams, settings: InferenceSettings) -> Any:
     """The inference core on models/base + models/adapter + data/index, as ask/chat/serve load it."""
-    from stages.common.inference import Assistant, InferenceSettings, load_chat_tokenizer
+    from stages.common.inference import Assistant, load_chat_tokenizer
     from stages.common.modeling import pick_device, setup_cpu_threads
     from stages.common.retrieval import Retriever
     from stages.eval.generate import load_model
 
-    setup_cpu_threads(int(params.get("threads") or 0) or None)
+    setup_cpu_threads(params.threads or None)
     device = pick_device()
     tokenizer = load_chat_tokenizer(paths.adapter_dir if (paths.adapter_dir / "tokenizer_config.json").is_file()
                                     else paths.base_dir)
-    model = load_model(paths.base_dir, paths.adapter_dir, device, str(params.get("quantization", "none")))
+    model = load_model(paths.base_dir, paths.adapter_dir, device, params.quantization)
     retriever = Retriever.load(paths.index_dir)
-    settings = InferenceSettings.from_params(all_params)
     return Assistant(model, tokenizer, retriever, settings), device
 
 
-def run_eval(paths: EvalPaths, params: dict[str, Any], all_params: dict[str, Any],
+def run_eval(paths: EvalPaths, params: EvalParams, settings: InferenceSettings,
              stats: StageMetrics | None = None) -> dict[str, Any]:
     """Evaluate the four arms (+ retrieval_only and question_only) on every set and write all outputs; returns eval.json's content."""
     from stages.common.inference import GenerationOptions
     from stages.eval.report import write_plots, write_report
 
     stats = stats or StageMetrics("eval")
-    system = params.get("system_prompt") or train_system_prompt(paths.train)
+    system = params.system_prompt or train_system_prompt(paths.train)
     sets = load_sets(paths, params, system, stats)
-    ngram = int(params.get("contamination_ngram", 13))
+    ngram = params.contamination_ngram
     index = contam.train_index(paths.train, ngram)
-    assistant, device = load_assistant(paths, params, all_params)
+    assistant, device = load_assistant(paths, params, settings)
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
     docs_by_key = docs_by_source_key(assistant.retriever.chunks)
-    options = GenerationOptions(max_new_tokens=int(params["max_new_tokens"]),
-                                repetition_penalty=float(params.get("repetition_penalty", 1.0)))
-    arms = [a for a in ARMS if a in (params.get("arms") or ARMS)]
+    options = GenerationOptions(max_new_tokens=params.max_new_tokens, repetition_penalty=params.repetition_penalty)
+    arms = [a for a in ARMS if a in params.arms]
     log.info("evaluating %s on %s, arms %s: %s", paths.adapter_dir, device, ", ".join(arms),
              ", ".join(f"{s.name}({len(s.items)})" for s in sets))
 
@@ -400,7 +400,7 @@ def run_eval(paths: EvalPaths, params: dict[str, Any], all_params: dict[str, Any
 
     predictions.sort(key=lambda r: (r["set"], r["qa_id"]))
     write_jsonl(paths.predictions, predictions)
-    config = {k: params.get(k) for k in ("max_examples", "max_new_tokens", "batch_size", "repetition_penalty",
+    config = {k: getattr(params, k) for k in ("max_examples", "max_new_tokens", "batch_size", "repetition_penalty",
                                          "bootstrap_samples", "seed")}
     config["k"] = assistant.settings.k
     config["excerpt_words"] = assistant.settings.excerpt_words

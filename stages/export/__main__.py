@@ -37,7 +37,8 @@ def validate(params: dict[str, Any] | ExportParams, system_prompt: str) -> dict[
     file_types = sorted(set(cfg.file_types), key=FILE_TYPES.index)
     return {"name": cfg.name, "file_types": file_types, "prompts": list(cfg.check_prompts),
             "thresholds": {ft: float(cfg.min_top1_agreement[ft]) for ft in file_types},
-            "runtime": cfg.runtime.model_dump(exclude_none=True), "system_prompt": system_prompt}
+            "runtime": cfg.runtime.model_dump(exclude_none=True), "system_prompt": system_prompt,
+            "context_size": cfg.runtime.num_ctx}  # None: LocalAI gets the model's own context length
 
 
 def source_gguf_fields(base_dir: Path) -> dict[str, str]:
@@ -105,7 +106,7 @@ def run_export(cfg: dict[str, Any], base_dir: Path, adapter_dir: Path, models_di
         stops = stop_tokens(tokenizer)
         write_modelfile(gguf_dir / "Modelfile", runtime_file, cfg["system_prompt"], stops, cfg["runtime"])
         write_localai_config(gguf_dir / "localai.yaml", cfg["name"], runtime_file, cfg["system_prompt"], stops,
-                             int(cfg["runtime"].get("num_ctx", hp["n_ctx"])),
+                             int(cfg["context_size"] or hp["n_ctx"]),
                              {k: v for k, v in cfg["runtime"].items() if k != "num_ctx"})
 
         reference_model = model.to(torch.float32).eval()
