@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stages.common.inference import InferenceSettings
     from stages.common.jsonl import write_jsonl
     from stages.common.metrics import StageMetrics
-    from stages.common.schema import EvalParams
+    from stages.common.params import load_params
+    from stages.common.schema import EvalParams, QaGenParams, validate_params
     from stages.eval.pipeline import EvalPaths, run_eval
     from stages.qa_gen import finalize_pairs
     from stages.qa_gen.llm import generate_llm
@@ -108,17 +109,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # 2. Q&A from 50 chunks, through the grounding check
     records = sample_pairs(args.chunks + args.train_examples + args.eval_examples, 0, corpus)
     chunks = make_chunks(records[:args.chunks])
-    gen_params = {"model": str(work / "base"), "backend": "auto", "pairs_per_chunk": 2, "batch_size": args.chunks,
-                  "max_new_tokens": 8 if args.dry_run else 256, "cache_dir": str(work / "cache"),
-                  "guided_json": True, "max_model_len": 2048, "tensor_parallel_size": 1,
-                  "gpu_memory_utilization": 0.35}
+    # the pinned qa_gen section with this run's settings over it, validated as the stage validates it
+    qa_cfg = validate_params("qa_gen", QaGenParams, {
+        **load_params("qa_gen", REPO_ROOT / "params.yaml"), "min_grounding": 0.6, "min_answer_words": 3,
+        "max_answer_words": 180,
+        "llm": {"model": str(work / "base"), "backend": "auto", "pairs_per_chunk": 2, "batch_size": args.chunks,
+                "max_new_tokens": 8 if args.dry_run else 256, "max_chunks": args.chunks,
+                "cache_dir": str(work / "cache"), "guided_json": True, "max_model_len": 2048,
+                "tensor_parallel_size": 1, "gpu_memory_utilization": 0.35}})
     metrics = StageMetrics("gpu_smoke")
     gpu_memory(reset=True)
     start = time.perf_counter()
-    candidates = list(generate_llm(chunks, gen_params, metrics))
+    candidates = list(generate_llm(chunks, qa_cfg.llm, metrics))
     seconds = time.perf_counter() - start
-    pairs = finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks},
-                           {"min_grounding": 0.6, "min_answer_words": 3, "max_answer_words": 180}, metrics, ["CNCF"])
+    pairs = finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, qa_cfg, metrics, ["CNCF"])
     gc.collect()
     if on_gpu:
         torch.cuda.empty_cache()

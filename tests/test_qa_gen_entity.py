@@ -9,15 +9,12 @@ import pytest
 from stages.common.metrics import StageMetrics
 from stages.qa_gen import generate_pairs
 from stages.qa_gen.entity import best_definition, generate_entity
+from tests.test_qa_gen_helpers import qa_gen_params
 
-PARAMS: dict[str, Any] = {
-    "generators": ["entity"],
-    "min_grounding": 0.6,
-    "min_answer_words": 8,
-    "max_answer_words": 180,
-    "max_pairs_per_chunk": 3,
-    "seed": 42,
-}
+PARAMS = qa_gen_params(
+    generators=["entity"], min_grounding=0.6, min_answer_words=8, max_answer_words=180, max_pairs_per_chunk=3,
+    seed=42,
+)
 
 
 def _chunk(chunk_id: str, project: str, text: str, heading_path: list[str] | None = None) -> dict[str, Any]:

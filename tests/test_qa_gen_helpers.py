@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 
 from stages.common.jsonl import stable_id
+from stages.common.schema import QaGenParams, validate_params
+from tests.pinned_params import pinned
 
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -79,6 +81,12 @@ def _paragraph_chunks(text: str, max_words: int) -> Iterator[str]:
         size += n
     if chunk:
         yield "\n\n".join(chunk)
+
+
+def qa_gen_params(**overrides: Any) -> QaGenParams:
+    """The pinned `qa_gen:` section with `overrides` merged over it (llm/qag dicts merge key by key), validated
+    as the stage validates it: the stage's code reads every value from here, with no defaults of its own."""
+    return validate_params("qa_gen", QaGenParams, pinned("qa_gen", **overrides))
 
 
 def corpus_chunks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from stages.common.cli import StageError
 from stages.common.metrics import StageMetrics
+from stages.common.params import ParamsError
+from stages.common.schema import QaGenLlmParams
 from stages.qa_gen import finalize_pairs
 from stages.qa_gen.llm import (
     GenerationCache,
@@ -22,6 +25,7 @@ from stages.qa_gen.llm import (
     render_prompt,
     resolve_model,
 )
+from tests.test_qa_gen_helpers import qa_gen_params
 
 TEXT = (
     "Prometheus scrapes metrics from instrumented jobs, either directly or via an intermediary push gateway "
@@ -48,7 +52,7 @@ def _chunks(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _params(cache_dir: Path, model: str = "tiny", **kw: Any) -> dict[str, Any]:
+def _llm_settings(cache_dir: Path, model: str = "tiny", **kw: Any) -> dict[str, Any]:
     return {
         "model": model,
         "backend": "transformers",
@@ -58,6 +62,11 @@ def _params(cache_dir: Path, model: str = "tiny", **kw: Any) -> dict[str, Any]:
         "cache_dir": str(cache_dir),
         **kw,
     }
+
+
+def _params(cache_dir: Path, model: str = "tiny", **kw: Any) -> QaGenLlmParams:
+    """The pinned qa_gen.llm section with a tiny model's settings, validated as the stage validates it."""
+    return qa_gen_params(llm=_llm_settings(cache_dir, model, **kw)).llm
 
 
 # ---------------------------------------------------------------- parser on literal strings
@@ -275,7 +284,7 @@ def test_model_pairs_go_through_grounding(tiny_gen: TransformersGenerator, tmp_p
     candidates = list(generate_llm(chunks, _params(tmp_path), metrics, generator_factory=lambda: fake))
     assert len(candidates) == 2
     out = finalize_pairs(
-        candidates, {c["chunk_id"]: c for c in chunks}, {"min_grounding": 0.6}, metrics, ["Prometheus"]
+        candidates, {c["chunk_id"]: c for c in chunks}, qa_gen_params(min_grounding=0.6), metrics, ["Prometheus"]
     )
     assert [r["question"] for r in out] == ["How does Prometheus collect metrics from short-lived jobs?"]
     assert out[0]["generator"] == "llm" and out[0]["grounding"] >= 0.6
@@ -285,14 +294,14 @@ def test_model_pairs_go_through_grounding(tiny_gen: TransformersGenerator, tmp_p
 def test_stage_runs_llm_generator_with_a_local_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     from stages.qa_gen import generate_pairs
 
-    params = {
-        "generators": ["llm"],
-        "min_grounding": 0.6,
-        "min_answer_words": 8,
-        "max_answer_words": 180,
-        "seed": 1,
-        "llm": {**_params(tmp_path, model=str(tiny_model_dir)), "max_chunks": 3},
-    }
+    params = qa_gen_params(
+        generators=["llm"],
+        min_grounding=0.6,
+        min_answer_words=8,
+        max_answer_words=180,
+        seed=1,
+        llm=_llm_settings(tmp_path, model=str(tiny_model_dir), max_chunks=3),
+    )
     metrics = StageMetrics("t")
     chunks = [{**c, "text": c["text"] + " " + TEXT, "n_words": 60} for c in _chunks(5)]
     out = generate_pairs(chunks, [], [], [], params, metrics)
@@ -374,8 +383,8 @@ def test_vllm_gets_messages_through_chat_with_a_json_schema(gemma2_tokenizer: An
     schema = settings["structured_outputs"].json
     assert schema["items"]["required"] == ["question", "answer"] and schema["maxItems"] == 2
     assert metrics.counts["llm.new_tokens"] > 0
-    out = finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, {"min_grounding": 0.6}, metrics,
-                         ["Prometheus"])
+    out = finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, qa_gen_params(min_grounding=0.6),
+                         metrics, ["Prometheus"])
     assert len(candidates) == 3  # the same canned pair for 3 chunks: kept once, grounded
     assert len(out) == 1 and out[0]["generator"] == "llm" and out[0]["grounding"] >= 0.6
 
@@ -394,23 +403,26 @@ def test_vllm_prompt_is_templated_once(gemma2_tokenizer: Any) -> None:
     assert "structured_outputs" not in gen.sampling_params(8).settings  # guided_json: false
 
 
-@pytest.mark.parametrize(("params", "ok"), [
-    ({}, True),
-    ({"max_model_len": 8192, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}, True),
-    ({"tensor_parallel_size": 0}, False),
-    ({"gpu_memory_utilization": 1.5}, False),
-    ({"max_model_len": "long"}, False),
+@pytest.mark.parametrize(("params", "expected"), [
+    ({}, (4096, 1, 0.85)),  # the pinned params.yaml
+    ({"max_model_len": 8192, "tensor_parallel_size": 2, "gpu_memory_utilization": 0.9}, (8192, 2, 0.9)),
+    ({"tensor_parallel_size": 0}, "qa_gen.llm.tensor_parallel_size: 0"),
+    ({"gpu_memory_utilization": 1.5}, "qa_gen.llm.gpu_memory_utilization: 1.5"),
+    ({"max_model_len": 128}, "qa_gen.llm.max_model_len: 128"),
+    ({"max_model_len": "long"}, "qa_gen.llm.max_model_len: 'long'"),
 ])
-def test_vllm_engine_params(params: dict[str, Any], ok: bool) -> None:
+def test_vllm_engine_params(params: dict[str, Any], expected: tuple[int, int, float] | str) -> None:
+    """The engine gets the params as given; a bad one is refused with one line naming it when params.yaml is
+    loaded, before any download or the minutes-long engine start."""
     from stages.qa_gen.llm import vllm_engine_kwargs
 
-    if ok:
-        kwargs = vllm_engine_kwargs("/models/x", params)
-        assert kwargs["model"] == "/models/x" and kwargs["dtype"] == "auto"
-        assert kwargs["tensor_parallel_size"] == params.get("tensor_parallel_size", 1)
+    if isinstance(expected, tuple):
+        kwargs = vllm_engine_kwargs("/models/x", qa_gen_params(llm=params).llm)
+        assert kwargs == {"model": "/models/x", "dtype": "auto", "seed": 0, "max_model_len": expected[0],
+                          "tensor_parallel_size": expected[1], "gpu_memory_utilization": expected[2]}
     else:
-        with pytest.raises(StageError, match="qa_gen.llm"):
-            vllm_engine_kwargs("/models/x", params)
+        with pytest.raises(ParamsError, match=re.escape(expected)):
+            qa_gen_params(llm=params)
 
 
 def test_vllm_backend_without_vllm_is_one_clear_error(monkeypatch) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from stages.common.metrics import StageMetrics
 from stages.qa_gen import finalize_pairs
 from stages.qa_gen.qag import QAG_PREFIX, T5Generator, generate_qag, name_project, parse_qag_output, qag_input
+from tests.test_qa_gen_helpers import qa_gen_params
 
 TEXT = (
     "The kubelet is the primary node agent that runs on each node. It registers the node with the "
@@ -89,7 +89,9 @@ def test_tiny_t5_plumbing_and_cache(tiny_t5_dir: Path, tmp_path: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    params = {"model": str(tiny_t5_dir), "batch_size": 2, "max_new_tokens": 8, "cache_dir": str(tmp_path)}
+    params = qa_gen_params(
+        qag={"model": str(tiny_t5_dir), "batch_size": 2, "max_new_tokens": 8, "cache_dir": str(tmp_path)}
+    ).qag
     chunks = [{**CHUNK, "chunk_id": f"k{i}"} for i in range(3)]
     metrics = StageMetrics("t")
     pairs = list(generate_qag(chunks, params, metrics))
@@ -119,17 +121,16 @@ def test_qag_pairs_are_widened_named_and_grounded(tiny_t5_dir: Path, tmp_path: P
                 "question: Who invented bananas?, answer: purple elephants"
             ] * len(prompts)
 
-    params: dict[str, Any] = {
-        "model": "canned",
-        "batch_size": 4,
-        "max_new_tokens": 8,
-        "cache_dir": str(tmp_path),
-    }
+    params = qa_gen_params(
+        qag={"model": "canned", "batch_size": 4, "max_new_tokens": 8, "cache_dir": str(tmp_path)}
+    ).qag
     metrics = StageMetrics("t")
     candidates = list(generate_qag([CHUNK], params, metrics, generator_factory=Canned))
     assert candidates[0]["question"] == "What is the primary node agent in Kubernetes?"
     assert candidates[0]["answer"] == "The kubelet is the primary node agent that runs on each node."
-    out = finalize_pairs(candidates, {"k1": CHUNK}, {"min_grounding": 0.6}, metrics, ["Kubernetes"])
+    # min_answer_words=1: the two-word made-up answer must reach (and fail) the grounding check, not the length one
+    cfg = qa_gen_params(min_grounding=0.6, min_answer_words=1)
+    out = finalize_pairs(candidates, {"k1": CHUNK}, cfg, metrics, ["Kubernetes"])
     assert [r["generator"] for r in out] == ["qag"]
     assert metrics.counts["dropped.low_grounding"] == 1
 

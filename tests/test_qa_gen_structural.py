@@ -23,17 +23,17 @@ from stages.qa_gen.structural import (
     task_phrase,
 )
 from stages.qa_gen.textutil import bounded_answer, display_name, is_self_contained, n_words, sentences
-from tests.test_qa_gen_helpers import corpus_chunks, landscape_projects
+from tests.test_qa_gen_helpers import corpus_chunks, landscape_projects, qa_gen_params
 
-PARAMS: dict[str, Any] = {
-    "generators": ["structural"],
-    "min_grounding": 0.6,
-    "min_answer_words": 8,
-    "max_answer_words": 180,
-    "max_manifest_words": 250,
-    "max_pairs_per_chunk": 3,
-    "seed": 42,
-}
+PARAMS = qa_gen_params(
+    generators=["structural"],
+    min_grounding=0.6,
+    min_answer_words=8,
+    max_answer_words=180,
+    max_manifest_words=250,
+    max_pairs_per_chunk=3,
+    seed=42,
+)
 DEIXIS = re.compile(r"\b(?:this page|this section|this document|the following|following|above|below)\b", re.I)
 
 
@@ -279,8 +279,7 @@ def corpus_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     params_path = root / "params.yaml"
     import yaml
 
-    repo_params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["qa_gen"]
-    params_path.write_text(yaml.safe_dump({"qa_gen": {**repo_params, **PARAMS}}), encoding="utf-8")
+    params_path.write_text(yaml.safe_dump({"qa_gen": PARAMS.model_dump()}), encoding="utf-8")
     args = [
         "--params",
         str(params_path),
@@ -338,13 +337,13 @@ def test_corpus_pairs_are_self_contained_and_grounded(corpus_run: dict[str, Any]
             or "kubernetes" in q.lower()
             or q.startswith("What is")
         ), q
-        assert n_words(r["answer"]) >= PARAMS["min_answer_words"], r
-        assert r["grounding"] >= PARAMS["min_grounding"]
+        assert n_words(r["answer"]) >= PARAMS.min_answer_words, r
+        assert r["grounding"] >= PARAMS.min_grounding
         assert r["url"].startswith("https://") and r["license"]
     assert len({r["qa_id"] for r in records}) == len(records)
     assert len({r["question"].lower() for r in records}) == len(records)
     prose = [r for r in records if not r["answer"].startswith("```")]
-    assert max(n_words(r["answer"]) for r in prose) <= PARAMS["max_answer_words"]
+    assert max(n_words(r["answer"]) for r in prose) <= PARAMS.max_answer_words
 
 
 def test_corpus_has_the_expected_kinds_of_questions(corpus_run: dict[str, Any]) -> None:
@@ -372,4 +371,4 @@ def test_generate_pairs_rejects_unknown_generator() -> None:
     from stages.common.cli import StageError
 
     with pytest.raises(StageError, match="unknown generator"):
-        generate_pairs([], [], [], [], {**PARAMS, "generators": ["nope"]}, StageMetrics("t"))
+        generate_pairs([], [], [], [], PARAMS.model_copy(update={"generators": ["nope"]}), StageMetrics("t"))

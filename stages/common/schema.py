@@ -139,10 +139,10 @@ class QaGenLlmParams(StageParams):
     max_new_tokens: PositiveInt
     max_chunks: NonNegativeInt
     cache_dir: NonEmptyStr
-    guided_json: bool = True  # vLLM structured outputs to the pairs JSON schema
-    max_model_len: Annotated[int, Field(ge=256)] = 4096
-    tensor_parallel_size: PositiveInt = 1
-    gpu_memory_utilization: Annotated[float, Field(ge=0.05, le=0.99)] = 0.85
+    guided_json: bool  # vLLM structured outputs to the pairs JSON schema
+    max_model_len: Annotated[int, Field(ge=256)]
+    tensor_parallel_size: PositiveInt
+    gpu_memory_utilization: Annotated[float, Field(ge=0.05, le=0.99)]
 
 
 class QaGenQagParams(StageParams):

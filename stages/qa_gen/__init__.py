@@ -17,6 +17,7 @@ from typing import Any
 from stages.common.cli import StageError
 from stages.common.jsonl import iter_jsonl_lenient, stable_id
 from stages.common.metrics import StageMetrics
+from stages.common.schema import QaGenParams
 from stages.qa_gen.grounding import grounding_score
 from stages.qa_gen.textutil import chunk_context, display_name, is_self_contained, n_words, normalize_question
 
@@ -88,13 +89,12 @@ def known_names(
 def finalize_pairs(
     candidates: Iterable[dict[str, Any]],
     chunks_by_id: dict[str, dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
     names: list[str],
 ) -> list[dict[str, Any]]:
     """Apply the rules every pair must pass; returns output records in a deterministic order."""
-    min_grounding = float(params.get("min_grounding", 0.6))
-    min_words = int(params.get("min_answer_words", 1))
+    min_grounding, min_words = cfg.min_grounding, cfg.min_answer_words
     kept: dict[tuple[str, str], dict[str, Any]] = {}
     scored: list[dict[str, Any]] = []
     rules: dict[str, str] = {}  # qa_id -> the rule that made it (metrics only, not a data field)
@@ -195,11 +195,11 @@ def generate_pairs(
     projects: list[dict[str, Any]],
     entities: list[dict[str, Any]],
     relations: list[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
 ) -> list[dict[str, Any]]:
-    """Run the generators named in `params['generators']`, then the shared filters; returns output records."""
-    generators = list(params.get("generators") or ["structural"])
+    """Run the generators named in `cfg.generators`, then the shared filters; returns output records."""
+    generators = list(cfg.generators)
     unknown = sorted(set(generators) - set(GENERATORS))
     if unknown:
         raise StageError(f"qa_gen.generators: unknown generator(s) {unknown}; choose from {list(GENERATORS)}")
@@ -210,22 +210,20 @@ def generate_pairs(
         if generator == "structural":
             from stages.qa_gen.structural import generate_structural
 
-            candidates.extend(generate_structural(chunks, params, metrics, names))
+            candidates.extend(generate_structural(chunks, cfg, metrics, names))
         elif generator == "entity":
             from stages.qa_gen.entity import generate_entity
 
-            candidates.extend(generate_entity(chunks, projects, entities, relations, params, metrics))
+            candidates.extend(generate_entity(chunks, projects, entities, relations, cfg, metrics))
         elif generator == "llm":
             from stages.qa_gen.llm import generate_llm
 
-            llm_params = params.get("llm", {})
-            picked = select_chunks(chunks, int(llm_params.get("max_chunks", 0)), int(params.get("seed", 0)))
-            candidates.extend(generate_llm(picked, llm_params, metrics))
+            picked = select_chunks(chunks, cfg.llm.max_chunks, cfg.seed)
+            candidates.extend(generate_llm(picked, cfg.llm, metrics))
         elif generator == "qag":
             from stages.qa_gen.qag import generate_qag
 
-            qag_params = params.get("qag", {})
-            picked = select_chunks(chunks, int(qag_params.get("max_chunks", 0)), int(params.get("seed", 0)))
-            candidates.extend(generate_qag(picked, qag_params, metrics))
+            picked = select_chunks(chunks, cfg.qag.max_chunks, cfg.seed)
+            candidates.extend(generate_qag(picked, cfg.qag, metrics))
         log.info("%s: %d candidate pairs", generator, len(candidates) - before)
-    return finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, params, metrics, names)
+    return finalize_pairs(candidates, {c["chunk_id"]: c for c in chunks}, cfg, metrics, names)

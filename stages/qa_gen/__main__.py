@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--metrics", default="metrics/qa_gen.json", type=Path)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_stage_params("qa_gen", QaGenParams, args.params).model_dump()
+    cfg = load_stage_params("qa_gen", QaGenParams, args.params)
 
     metrics = StageMetrics("qa_gen")
     with recorded_failure(metrics, args.metrics):
@@ -36,9 +36,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         projects = load_optional(args.projects, metrics, "projects")
         entities = load_optional(args.ner_dir / "entities.jsonl", metrics, "ner_entities")
         relations = load_optional(args.ner_dir / "relations.jsonl", metrics, "ner_relations")
-        records = generate_pairs(chunks, projects, entities, relations, params, metrics)
+        records = generate_pairs(chunks, projects, entities, relations, cfg, metrics)
         n = write_jsonl(args.out, records)
-    metrics.set("generators", list(params["generators"]))
+    metrics.set("generators", list(cfg.generators))
     metrics.set("chunks_per_second", round(len(chunks) / max(metrics.elapsed, 1e-9), 1))
     metrics.write(args.metrics)
     log.info("wrote %d pairs to %s (%.1fs)", n, args.out, metrics.elapsed)

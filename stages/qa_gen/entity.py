@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from stages.common.metrics import StageMetrics
+from stages.common.schema import QaGenParams
 from stages.qa_gen.textutil import chunk_context, display_name, n_words, prose_text, sentences
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def generate_entity(
     projects: list[dict[str, Any]],
     entities: list[dict[str, Any]],
     relations: list[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
 ) -> Iterator[dict[str, Any]]:
     """Yield candidate pairs; with no ner output there is nothing to ask about, so yield nothing and warn."""
@@ -46,8 +47,8 @@ def generate_entity(
         return
     by_id = {c["chunk_id"]: c for c in chunks}
     surfaces = surface_forms(entities)
-    yield from project_pairs(chunks, projects, entities, params, metrics)
-    yield from relation_pairs(by_id, relations, surfaces, params, metrics)
+    yield from project_pairs(chunks, projects, entities, cfg, metrics)
+    yield from relation_pairs(by_id, relations, surfaces, cfg, metrics)
 
 
 def surface_forms(entities: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
@@ -99,7 +100,7 @@ def project_pairs(
     chunks: list[dict[str, Any]],
     projects: list[dict[str, Any]],
     entities: list[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
 ) -> Iterator[dict[str, Any]]:
     """'What is <Project>?' for each landscape project the docs talk about."""
@@ -111,7 +112,7 @@ def project_pairs(
     for chunk in chunks:
         chunks_by_project[display_name(chunk.get("project") or "")].append(chunk)
     by_id = {c["chunk_id"]: c for c in chunks}
-    min_words, max_words = int(params["min_answer_words"]), int(params["max_answer_words"])
+    min_words, max_words = cfg.min_answer_words, cfg.max_answer_words
     for record in sorted(projects, key=lambda r: r.get("project", "")):
         project = record.get("project") or ""
         name = display_name(project)
@@ -159,11 +160,11 @@ def relation_pairs(
     by_id: dict[str, dict[str, Any]],
     relations: list[dict[str, Any]],
     surfaces: dict[str, set[str]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
 ) -> Iterator[dict[str, Any]]:
     """'How does A <relation> B?' answered with evidence sentences that name both A and B."""
-    min_words, max_words = int(params["min_answer_words"]), int(params["max_answer_words"])
+    min_words, max_words = cfg.min_answer_words, cfg.max_answer_words
     for rel in sorted(relations, key=lambda r: (r.get("head", ""), r.get("relation", ""), r.get("tail", ""))):
         relation, head, tail = rel.get("relation", ""), rel.get("head", ""), rel.get("tail", "")
         if rel.get("source") == "cooccurrence" or relation in SKIP_RELATIONS or not head or not tail:

@@ -24,6 +24,7 @@ from stages.common.cli import StageError
 from stages.common.metrics import StageMetrics
 from stages.common.modeling import length_sorted_batches
 from stages.common.progress import progress
+from stages.common.schema import QaGenLlmParams
 from stages.qa_gen.textutil import display_name, prose_text
 
 log = logging.getLogger(__name__)
@@ -416,23 +417,11 @@ class TransformersGenerator:
         return DynamicCache(ddp_cache_data=data)
 
 
-VLLM_DEFAULTS = {"max_model_len": 4096, "tensor_parallel_size": 1, "gpu_memory_utilization": 0.85}
-
-
-def vllm_engine_kwargs(model_path: str, params: dict[str, Any]) -> dict[str, Any]:
-    """`vllm.LLM(...)` arguments from qa_gen.llm params, checked before the (minutes-long) engine start."""
-    try:
-        max_len = int(params.get("max_model_len", VLLM_DEFAULTS["max_model_len"]))
-        tp = int(params.get("tensor_parallel_size", VLLM_DEFAULTS["tensor_parallel_size"]))
-        share = float(params.get("gpu_memory_utilization", VLLM_DEFAULTS["gpu_memory_utilization"]))
-    except (TypeError, ValueError):
-        raise StageError("qa_gen.llm.max_model_len, tensor_parallel_size and gpu_memory_utilization must be "
-                         "numbers") from None
-    if max_len < 256 or tp < 1 or not 0.05 <= share <= 0.99:
-        raise StageError(f"qa_gen.llm: need max_model_len >= 256, tensor_parallel_size >= 1 and "
-                         f"0.05 <= gpu_memory_utilization <= 0.99 (got {max_len}, {tp}, {share})")
-    return {"model": model_path, "dtype": "auto", "seed": 0, "max_model_len": max_len, "tensor_parallel_size": tp,
-            "gpu_memory_utilization": share}
+def vllm_engine_kwargs(model_path: str, cfg: QaGenLlmParams) -> dict[str, Any]:
+    """`vllm.LLM(...)` arguments from qa_gen.llm params (their ranges are checked by the schema at load, before
+    any download or the minutes-long engine start)."""
+    return {"model": model_path, "dtype": "auto", "seed": 0, "max_model_len": cfg.max_model_len,
+            "tensor_parallel_size": cfg.tensor_parallel_size, "gpu_memory_utilization": cfg.gpu_memory_utilization}
 
 
 class VllmGenerator:
@@ -450,15 +439,15 @@ class VllmGenerator:
         self.new_tokens = 0
 
     @classmethod
-    def load(cls, model_path: str, params: dict[str, Any]) -> VllmGenerator:
-        kwargs = vllm_engine_kwargs(model_path, params)
+    def load(cls, model_path: str, cfg: QaGenLlmParams) -> VllmGenerator:
+        kwargs = vllm_engine_kwargs(model_path, cfg)
         from vllm import LLM, SamplingParams
 
         try:
             from vllm.sampling_params import StructuredOutputsParams
         except ImportError:  # vLLM < 0.10.2: the same schema went through guided decoding
             from vllm.sampling_params import GuidedDecodingParams as StructuredOutputsParams
-        schema = pairs_json_schema(int(params.get("pairs_per_chunk", 2))) if params.get("guided_json", True) else None
+        schema = pairs_json_schema(cfg.pairs_per_chunk) if cfg.guided_json else None
         return cls(LLM(**kwargs), SamplingParams, StructuredOutputsParams, schema)
 
     def prepare(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -485,19 +474,17 @@ class VllmGenerator:
         return [o.outputs[0].text for o in outputs]
 
 
-def load_generator(model_path: str, backend: str, params: dict[str, Any] | None = None) -> Any:
+def load_generator(model_path: str, backend: str, cfg: QaGenLlmParams) -> Any:
     if backend == "vllm":
-        return VllmGenerator.load(model_path, params or {})
+        return VllmGenerator.load(model_path, cfg)
     return TransformersGenerator(model_path)
 
 
-def load_llm(model_ref: str, backend: str, params: dict[str, Any] | None = None) -> Any:
-    backend = choose_backend(backend)
-    if backend == "vllm":
-        vllm_engine_kwargs(model_ref, params or {})  # a bad param fails before any download or engine start
-    path = resolve_model(model_ref, "qa_gen.llm.model")
-    log.info("llm: generating with %s (%s backend)", model_ref, backend)
-    return load_generator(path, backend, params)
+def load_llm(cfg: QaGenLlmParams) -> Any:
+    backend = choose_backend(cfg.backend)
+    path = resolve_model(cfg.model, "qa_gen.llm.model")
+    log.info("llm: generating with %s (%s backend)", cfg.model, backend)
+    return load_generator(path, backend, cfg)
 
 
 # ---------------------------------------------------------------- the generator
@@ -531,31 +518,25 @@ def run_cached_generation(
 
 def generate_llm(
     chunks: list[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenLlmParams,
     metrics: StageMetrics,
     generator_factory: Callable[[], Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield candidate pairs for `chunks`; model outputs come from the cache when a previous run made them."""
-    model_ref = str(params.get("model") or "")
-    pairs_per_chunk = int(params.get("pairs_per_chunk", 2))
-    max_new_tokens = int(params.get("max_new_tokens", 384))
-    cache = GenerationCache(cache_file(params.get("cache_dir", ".cache/qa_gen"), "llm", model_ref or "none"))
+    model_ref, pairs_per_chunk, max_new_tokens = cfg.model, cfg.pairs_per_chunk, cfg.max_new_tokens
+    cache = GenerationCache(cache_file(cfg.cache_dir, "llm", model_ref or "none"))
     messages = {c["chunk_id"]: build_messages(c, pairs_per_chunk) for c in chunks}
     keys = {cid: cache_key(cid, model_ref, prompt_hash(m, max_new_tokens)) for cid, m in messages.items()}
     missing = [c for c in chunks if keys[c["chunk_id"]] not in cache]
     if missing:
-        gen = (
-            generator_factory()
-            if generator_factory
-            else load_llm(model_ref, str(params.get("backend", "auto")), params)
-        )
+        gen = generator_factory() if generator_factory else load_llm(cfg)
         prepare = getattr(gen, "prepare", None) or (lambda m: render_prompt(gen.tokenizer, m))
         items = [(keys[c["chunk_id"]], prepare(messages[c["chunk_id"]])) for c in missing]
         run_cached_generation(
             items,
             gen,
             cache,
-            int(params.get("batch_size", 8)),
+            cfg.batch_size,
             max_new_tokens,
             metrics,
             "llm",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from stages.common.metrics import StageMetrics
+from stages.common.schema import QaGenQagParams
 from stages.qa_gen.llm import (
     GenerationCache,
     cache_file,
@@ -110,15 +111,13 @@ def _input_hash(text: str, max_new_tokens: int, num_beams: int) -> str:
 
 def generate_qag(
     chunks: list[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenQagParams,
     metrics: StageMetrics,
     generator_factory: Callable[[], Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield candidate pairs from a T5 QAG model; outputs are cached like the llm generator's (resumable)."""
-    model_ref = str(params.get("model") or "")
-    max_new_tokens = int(params.get("max_new_tokens", 256))
-    num_beams = int(params.get("num_beams", 1))
-    cache = GenerationCache(cache_file(params.get("cache_dir", ".cache/qa_gen"), "qag", model_ref or "none"))
+    model_ref, max_new_tokens, num_beams = cfg.model, cfg.max_new_tokens, cfg.num_beams
+    cache = GenerationCache(cache_file(cfg.cache_dir, "qag", model_ref))
     inputs = {c["chunk_id"]: qag_input(c) for c in chunks}
     keys = {
         cid: cache_key(cid, model_ref, _input_hash(text, max_new_tokens, num_beams))
@@ -135,7 +134,7 @@ def generate_qag(
             items,
             gen,
             cache,
-            int(params.get("batch_size", 8)),
+            cfg.batch_size,
             max_new_tokens,
             metrics,
             "qag",
@@ -150,7 +149,7 @@ def generate_qag(
             metrics.inc("dropped.qag_unparseable")
             continue
         project = display_name(chunk.get("project") or "")
-        for pair in pairs[: int(params.get("pairs_per_chunk", 3))]:
+        for pair in pairs[: cfg.pairs_per_chunk]:
             yield {
                 "question": name_project(pair["question"], project),
                 "answer": widen_answer(pair["answer"], chunk.get("text") or ""),

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from stages.common.metrics import StageMetrics
+from stages.common.schema import QaGenParams
 from stages.qa_gen.textutil import (
     STOPWORDS,
     bounded_answer,
@@ -136,7 +137,7 @@ MANIFEST_API = re.compile(r"^apiVersion:\s*\S+", re.M)
 
 def generate_structural(
     chunks: Iterable[dict[str, Any]],
-    params: dict[str, Any],
+    cfg: QaGenParams,
     metrics: StageMetrics,
     known_names: Iterable[str] = (),
 ) -> Iterator[dict[str, Any]]:
@@ -146,7 +147,7 @@ def generate_structural(
     "What is Fluentd?" rather than "What is Fluentd in <that project>?".
     """
     names = frozenset(n.lower() for n in known_names)
-    max_pairs = int(params.get("max_pairs_per_chunk", 3))
+    max_pairs = cfg.max_pairs_per_chunk
     seen_sections: set[tuple[str, tuple[str, ...]]] = set()
     for chunk in document_order(chunks):
         reason = skip_reason(chunk)
@@ -156,7 +157,7 @@ def generate_structural(
         section = (chunk.get("doc_id") or "", tuple(chunk.get("heading_path") or ()))
         first_of_section = section not in seen_sections
         seen_sections.add(section)
-        pairs = list(_chunk_pairs(chunk, params, names, first_of_section))
+        pairs = list(_chunk_pairs(chunk, cfg, names, first_of_section))
         if not pairs:
             metrics.inc("chunks_without_pairs.structural")
         yield from pairs[:max_pairs]
@@ -196,23 +197,23 @@ def document_order(chunks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _chunk_pairs(
-    chunk: dict[str, Any], params: dict[str, Any], known_names: frozenset[str], first_of_section: bool
+    chunk: dict[str, Any], cfg: QaGenParams, known_names: frozenset[str], first_of_section: bool
 ) -> Iterator[dict[str, Any]]:
     """Section-level questions (task, question heading) come only from a section's first chunk: a later chunk
     holds the middle of the answer, not its start."""
     project = display_name(chunk.get("project") or "")
     if chunk.get("kind") in ("yaml", "json"):
-        yield from _manifest_pairs(chunk, project, params)
+        yield from _manifest_pairs(chunk, project, cfg)
         return
     section_rules = (
-        (_task_pair(chunk, project, params), _question_heading_pair(chunk, project, params))
+        (_task_pair(chunk, project, cfg), _question_heading_pair(chunk, project, cfg))
         if first_of_section
         else ()
     )
-    for pair in (*section_rules, _definition_pair(chunk, project, params, known_names)):
+    for pair in (*section_rules, _definition_pair(chunk, project, cfg, known_names)):
         if pair:
             yield pair
-    yield from _option_pairs(chunk, project, params)
+    yield from _option_pairs(chunk, project, cfg)
 
 
 def make_pair(chunk: dict[str, Any], question: str, answer: str, rule: str) -> dict[str, Any]:
@@ -283,11 +284,11 @@ def task_phrase(heading: str, project: str) -> str:
     return _lower_phrase(" ".join(parts), project)
 
 
-def _task_pair(chunk: dict[str, Any], project: str, params: dict[str, Any]) -> dict[str, Any] | None:
+def _task_pair(chunk: dict[str, Any], project: str, cfg: QaGenParams) -> dict[str, Any] | None:
     phrase = task_phrase(_section_heading(chunk), project)
     if not phrase:
         return None
-    answer = bounded_answer(chunk["text"], int(params["max_answer_words"]), int(params["min_answer_words"]))
+    answer = bounded_answer(chunk["text"], cfg.max_answer_words, cfg.min_answer_words)
     if not answer:
         return None
     ends_with_preposition = phrase.split()[-1].lower() in (
@@ -308,7 +309,7 @@ def _task_pair(chunk: dict[str, Any], project: str, params: dict[str, Any]) -> d
 
 
 def _question_heading_pair(
-    chunk: dict[str, Any], project: str, params: dict[str, Any]
+    chunk: dict[str, Any], project: str, cfg: QaGenParams
 ) -> dict[str, Any] | None:
     heading = _section_heading(chunk)
     if not heading.endswith("?") or n_words(heading) < 3 or n_words(heading) > 20:
@@ -320,7 +321,7 @@ def _question_heading_pair(
     question = heading[0].upper() + heading[1:]
     if not _names_in(question, project):
         question = f"{question[:-1].rstrip()} in {project}?"
-    answer = bounded_answer(chunk["text"], int(params["max_answer_words"]), int(params["min_answer_words"]))
+    answer = bounded_answer(chunk["text"], cfg.max_answer_words, cfg.min_answer_words)
     return make_pair(chunk, question, answer, "question_heading") if answer else None
 
 
@@ -368,7 +369,7 @@ def definition_question(
 
 
 def _definition_pair(
-    chunk: dict[str, Any], project: str, params: dict[str, Any], known_names: frozenset[str]
+    chunk: dict[str, Any], project: str, cfg: QaGenParams, known_names: frozenset[str]
 ) -> dict[str, Any] | None:
     prose = prose_text(chunk["text"])
     paragraphs = [p for p in prose.split("\n\n") if p.strip()]
@@ -387,8 +388,8 @@ def _definition_pair(
             following = "\n\n".join(paragraphs[p_index + 1 : p_index + 2])
             answer = bounded_answer(
                 f"{rest}\n\n{following}",
-                int(params["max_answer_words"]),
-                int(params["min_answer_words"]),
+                cfg.max_answer_words,
+                cfg.min_answer_words,
                 keep_code=False,
             )
             if answer:
@@ -409,11 +410,11 @@ def _table_rows(block: str) -> list[list[str]]:
     return rows
 
 
-def _option_pairs(chunk: dict[str, Any], project: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _option_pairs(chunk: dict[str, Any], project: str, cfg: QaGenParams) -> Iterator[dict[str, Any]]:
     """Options from markdown tables (Key | Description | Default) and from CLI `--flag  description` blocks."""
     title = clean_inline(chunk.get("title") or "").strip() or _section_heading(chunk)
     context = title if _names_in(title, project) else f"{title} in {project}"
-    min_words = int(params["min_answer_words"])
+    min_words = cfg.min_answer_words
     heading = _section_heading(chunk).lower()
     for kind, block in split_blocks(chunk["text"]):
         if kind == "text" and is_table(block):
@@ -533,7 +534,7 @@ def _manifest_code(text: str) -> str:
     return ""
 
 
-def _manifest_pairs(chunk: dict[str, Any], project: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _manifest_pairs(chunk: dict[str, Any], project: str, cfg: QaGenParams) -> Iterator[dict[str, Any]]:
     """Whole Kubernetes objects only: a YAML answer cut mid-block would teach broken YAML."""
     code = _manifest_code(chunk["text"])
     body = "\n".join(code.splitlines()[1:-1])
@@ -544,8 +545,7 @@ def _manifest_pairs(chunk: dict[str, Any], project: str, params: dict[str, Any])
     except yaml.YAMLError:
         return
     docs = [d for d in docs if d.get("kind") and d.get("apiVersion")]
-    max_words = int(params.get("max_manifest_words", 250))
-    if not docs or n_words(body) > max_words or n_words(body) < int(params["min_answer_words"]):
+    if not docs or n_words(body) > cfg.max_manifest_words or n_words(body) < cfg.min_answer_words:
         return
     described = [describe_manifest(d) for d in docs[:3]]
     what = "defines " + (
