@@ -137,7 +137,7 @@ def has_docs_tree(paths: list[str]) -> bool:
     return prose >= MIN_PROSE_FILES and prose * 2 >= len(paths)
 
 
-def discover_docs_repos(gh: GitHub, owner: str, globs: list[str], per_page: int = 100) -> list[str]:
+def discover_docs_repos(gh: GitHub, owner: str, globs: list[str], per_page: int) -> list[str]:
     """Names of the owner's repos that look like docs repos by name (content is checked on the tree later)."""
     names: list[str] = []
     base = f"/orgs/{owner}/repos"
