@@ -198,7 +198,7 @@ def run(in_dir: Path, out_dir: Path, params: dict[str, Any], metrics: StageMetri
     """data/unify -> data/langfilter/{chunks,rejected}.jsonl; returns counts (+ quality with ground truth)."""
     metrics = metrics or StageMetrics("langfilter")
     missing = [f"langfilter.{k}" for k in ("languages", "min_confidence", "min_words") if k not in params]
-    if missing or not params.get("languages"):
+    if missing or not params["languages"]:
         raise StageError(f"params.yaml lacks {', '.join(missing) or 'a non-empty langfilter.languages'}")
     chunks_path, documents_path = in_dir / "chunks.jsonl", in_dir / "documents.jsonl"
     if not chunks_path.is_file():

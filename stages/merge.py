@@ -28,7 +28,7 @@ from stages.common.jsonl import atomic_write, iter_jsonl_lenient, stable_id, wri
 from stages.common.metrics import StageMetrics, recorded_failure
 from stages.common.params import load_params
 from stages.common.progress import progress
-from stages.common.schema import MergeParams, load_stage_params
+from stages.common.schema import EvalParams, MergeParams, load_stage_params
 from stages.common.text import drop_html_comments, fenced_lines, split_fences, words
 
 log = logging.getLogger(__name__)
@@ -227,11 +227,11 @@ def build_contamination_index(eval_sets: Sequence[dict[str, Any]], n: int, min_w
                               base_dir: Path = Path(".")) -> ContaminationIndex:
     index = ContaminationIndex(n, min_words)
     for spec in eval_sets:
-        name, path = str(spec.get("name") or ""), str(spec.get("path") or "")
+        name, path = str(spec["name"]), str(spec["path"])
         if not name or not path:
             raise StageError(f"eval.sets entry needs name and path: {spec!r}")
         full = Path(path) if Path(path).is_absolute() else base_dir / path
-        texts = read_eval_texts(full, str(spec.get("format", "qa")))
+        texts = read_eval_texts(full, str(spec["format"]))
         for text in texts:
             index.add(name, text)
         log.info("eval set %s: %d texts from %s", name, len(texts), full)
@@ -453,8 +453,8 @@ def render_card(splits: dict[str, list[dict[str, Any]]], params: dict[str, Any],
         sections.append(f"## Entity-type coverage\nSource chunks of the dataset ({n_chunks}) that mention each "
                         "entity type (from data/ner/entities.jsonl).\n\n"
                         + _table(("entity type", "chunks"), sorted(entity_types.items())))
-    used = {k: params.get(k, {}) for k in ("qa_gen", "merge")}
-    used["eval.sets"] = [s.get("name") for s in (params.get("eval") or {}).get("sets") or []]
+    used = {k: params[k] for k in ("qa_gen", "merge")}
+    used["eval.sets"] = [s["name"] for s in params["eval"]["sets"]]
     sections.append("## Generation parameters\nFrom the params file of this run (`qa_gen`, `merge`, and the "
                     "eval sets used for decontamination):\n\n```yaml\n"
                     + yaml.safe_dump(used, sort_keys=True, allow_unicode=True).rstrip() + "\n```")
@@ -512,7 +512,7 @@ def merge(qa_gen_path: Path, stackoverflow_path: Path, out_dir: Path, params: di
     ngram, min_words = int(cfg["decontam_ngram"]), int(cfg["decontam_min_words"])
     pairs = load_pairs(qa_gen_path, stackoverflow_path, metrics)
     pairs = normalize_pairs(pairs, metrics)
-    eval_sets = (params.get("eval") or {}).get("sets") or []
+    eval_sets = params["eval"]["sets"]
     index = build_contamination_index(eval_sets, ngram, min_words, base_dir)
     pairs = decontaminate(pairs, index, metrics)
     pairs = exact_dedup(pairs, priority, metrics)
@@ -551,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__).parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_stage_params("merge", MergeParams, args.params)
-    params = {**load_params(None, args.params), "merge": cfg.model_dump()}
+    eval_cfg = load_stage_params("eval", EvalParams, args.params)  # eval.sets: the texts to decontaminate against
+    params = {**load_params(None, args.params), "merge": cfg.model_dump(), "eval": eval_cfg.model_dump()}
     metrics = StageMetrics("merge")
     with recorded_failure(metrics):
         splits = merge(QA_GEN_PATH, STACKOVERFLOW_PATH, OUT_DIR, params, metrics)

@@ -574,7 +574,7 @@ def make_source(cfg: dict[str, Any], metrics: StageMetrics, client: HttpClient |
                 clock: Callable[[], float] = time.monotonic) -> ApiSource | DirSource:
     kind = str(cfg["source"])
     if kind == "dir":
-        if not cfg.get("dir"):
+        if not cfg["dir"]:
             raise StageError("stackoverflow.source=dir needs -S stackoverflow.dir=<folder of saved API pages>")
         return DirSource(Path(str(cfg["dir"])), metrics)
     if kind != "api":

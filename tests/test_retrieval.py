@@ -196,3 +196,23 @@ def test_bm25_index_bytes_do_not_depend_on_the_hash_seed(repo_root):
                              text=True, check=True, timeout=120)
         digests.add(run.stdout.strip())
     assert len(digests) == 1, digests
+
+
+def test_index_eval_scores_each_configured_eval_set(index_dir, tmp_path):
+    """index_eval reads eval.sets as validated specs: each set is scored under its own name, from its own path."""
+    from stages.common.jsonl import read_json, write_jsonl
+    from stages.common.schema import EvalSetSpec, IndexParams
+    from stages.index.evaluate import run
+    from tests.fakes.tiny_index import INDEX_PARAMS
+
+    write_jsonl(tmp_path / "etcd.jsonl", [{"question": "Which port do etcd clients connect to?",
+                                           "checked_against": source_key(CHUNKS[2]["url"])}])
+    write_jsonl(tmp_path / "unindexed.jsonl", [{"question": "What is a Pod?", "checked_against": "o__x/docs/y.md"}])
+    sets = [EvalSetSpec(name="ports", path=str(tmp_path / "etcd.jsonl"), format="qa"),
+            EvalSetSpec(name="elsewhere", path=str(tmp_path / "unindexed.jsonl"), format="qa")]
+    params = IndexParams(**{**INDEX_PARAMS, "cache_dir": str(tmp_path / "embcache")})
+    report = run(index_dir, tmp_path / "no-merge", sets, params, tmp_path / "index_eval.json")
+    assert sorted(report["sets"]) == ["ports"]  # the set whose page is not indexed has no question to score
+    assert report["sets"]["ports"]["bm25"]["n"] == 1 and report["sets"]["ports"]["bm25"]["recall@1"] == 1.0
+    assert report["run"]["dropped"]["elsewhere"]["source_not_indexed"] == 1
+    assert read_json(tmp_path / "index_eval.json")["sets"] == report["sets"]

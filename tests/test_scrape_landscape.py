@@ -17,8 +17,11 @@ from stages.scrape.landscape import (
     project_repos,
     select_projects,
 )
+from tests.pinned_params import pinned
 
-DEFAULTS = {"maturity": ["graduated", "incubating"], "categories": [], "allow": [], "deny": [], "max_projects": 0,
+# the whole pinned scrape section (every key is required), with the selection this test file is about spelt out
+DEFAULTS = {**pinned("scrape"), "maturity": ["graduated", "incubating"], "categories": [], "allow": [], "deny": [],
+            "max_projects": 0,
             "repo_projects": {"cncf/tag-security": "CNCF TAG Security", "k8sgpt-ai/docs": "K8sGPT"}}
 
 

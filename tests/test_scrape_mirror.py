@@ -14,6 +14,7 @@ from stages.common.jsonl import read_jsonl, sha256_file
 from stages.common.metrics import StageMetrics
 from stages.scrape.__main__ import main, run_scrape
 from stages.scrape.mirror import detect_license, scan_tree, tree_commit
+from tests.pinned_params import pinned
 
 MANIFEST_FIELDS = {"project", "source", "url", "repo", "path", "commit", "license", "sha256", "bytes", "kind",
                    "local_path"}
@@ -133,7 +134,7 @@ def test_synthetic_mirror_rules(repo_root: Path, corpus: Path, tmp_path: Path,
 def test_content_hash_commit_is_stable(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "x.md").write_text("one")
-    params = {"extensions": ["md"], "exclude_dirs": [], "max_file_bytes": 0}
+    params = {**pinned("scrape"), "extensions": ["md"], "exclude_dirs": [], "max_file_bytes": 0}
     paths, _ = scan_tree(tmp_path, params)
     first = tree_commit(tmp_path, paths)
     assert first == tree_commit(tmp_path, paths) and len(first) == 40

@@ -15,6 +15,7 @@ from stages.common.metrics import StageMetrics
 from stages.scrape.__main__ import run_scrape
 from stages.scrape.web import crawl_sites, plan_sites
 from stages.scrape.web_crawl import url_to_path
+from tests.pinned_params import pinned
 
 SITE = Path(__file__).parent / "fakes" / "website"
 
@@ -112,9 +113,10 @@ landscape:
               documentation_url: {url}
 """)
     (tmp_path / "mirror").mkdir()
-    params = {"source": "mirror", "mirror_dir": str(tmp_path / "mirror"), "landscape_url": str(landscape),
-              "cache_dir": str(tmp_path / "cache"), "maturity": ["graduated"], "extensions": ["md"],
-              "exclude_dirs": [], "max_file_bytes": 1000000, **web_params(max_pages=3, http_cache=False)}
+    params = {**pinned("scrape"), "source": "mirror", "mirror_dir": str(tmp_path / "mirror"),
+              "landscape_url": str(landscape), "cache_dir": str(tmp_path / "cache"), "maturity": ["graduated"],
+              "repo_projects": {}, "licenses": {}, "extensions": ["md"], "exclude_dirs": [],
+              "max_file_bytes": 1000000, **web_params(max_pages=3, http_cache=False)}
     metrics = StageMetrics("scrape")
     records = run_scrape(params, tmp_path / "out", metrics)
     assert len(records) == 3  # max_pages

@@ -21,7 +21,7 @@ from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import iter_jsonl_lenient, write_json
 from stages.common.metrics import StageMetrics
 from stages.common.retrieval import MODES, PROJECT_FILTERS, Retriever, docs_by_source_key
-from stages.common.schema import EvalParams, IndexParams, load_stage_params
+from stages.common.schema import EvalParams, EvalSetSpec, IndexParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def latency(retriever: Retriever, queries: Sequence[str], mode: str) -> dict[str
             "p95_ms": round(times[min(len(times) - 1, int(0.95 * len(times)))], 2), "n": len(times)}
 
 
-def run(index_dir: Path, merge_dir: Path, eval_sets: Sequence[dict[str, Any]], params: IndexParams,
+def run(index_dir: Path, merge_dir: Path, eval_sets: Sequence[EvalSetSpec], params: IndexParams,
         metrics_path: Path) -> dict[str, Any]:
     stats = StageMetrics("index_eval")
     retriever = Retriever.load(index_dir)
@@ -97,8 +97,7 @@ def run(index_dir: Path, merge_dir: Path, eval_sets: Sequence[dict[str, Any]], p
         "merge-test": questions_from_split(merge_dir / "test.jsonl", stats, "merge-test"),
     }
     for spec in eval_sets:
-        name = str(spec.get("name"))
-        sets[name] = questions_from_evalset(Path(str(spec.get("path"))), docs_by_key, stats, name)
+        sets[spec.name] = questions_from_evalset(Path(spec.path), docs_by_key, stats, spec.name)
     if not any(sets.values()):
         raise StageError("no question with a known source document: nothing to measure")
     results: dict[str, Any] = {}
@@ -135,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     params = load_stage_params("index", IndexParams, args.params)
-    eval_sets = [spec.model_dump() for spec in load_stage_params("eval", EvalParams, args.params).sets]
+    eval_sets = load_stage_params("eval", EvalParams, args.params).sets
     run(Path(args.index_dir), Path(args.merge_dir), eval_sets, params, Path(args.metrics))
 
 

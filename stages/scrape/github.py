@@ -137,7 +137,7 @@ def has_docs_tree(paths: list[str]) -> bool:
     return prose >= MIN_PROSE_FILES and prose * 2 >= len(paths)
 
 
-def discover_docs_repos(gh: GitHub, owner: str, globs: list[str], per_page: int = 100) -> list[str]:
+def discover_docs_repos(gh: GitHub, owner: str, globs: list[str], per_page: int) -> list[str]:
     """Names of the owner's repos that look like docs repos by name (content is checked on the tree later)."""
     names: list[str] = []
     base = f"/orgs/{owner}/repos"
@@ -183,7 +183,7 @@ def fetch_repo(gh: GitHub, owner: str, repo: str, params: dict[str, Any], cache_
         return meta, True
     info = gh.api(f"/repos/{owner}/{repo}")
     skipped: Counter[str] = Counter()
-    blobs = list_tree(gh, owner, repo, sha, set(params.get("exclude_dirs") or []), skipped)
+    blobs = list_tree(gh, owner, repo, sha, set(params["exclude_dirs"]), skipped)
     meta = {"owner": owner, "repo": repo, "commit": sha, "branch": str(info.get("default_branch", "")),
             "fingerprint": fingerprint, "paths": [], "license": "unknown", "skipped": {}, "docs_repo": True}
     if require_docs_tree and not has_docs_tree([str(b.get("path", "")) for b in blobs]):
@@ -215,7 +215,7 @@ def fetch_repo(gh: GitHub, owner: str, repo: str, params: dict[str, Any], cache_
 def download_files(gh: GitHub, owner: str, repo: str, sha: str, blobs: list[dict[str, Any]], folder: Path,
                    params: dict[str, Any], skipped: Counter[str]) -> tuple[list[str], int]:
     """Download (or reuse from an interrupted run) the wanted blobs; returns (stored paths, failures)."""
-    max_bytes = int(params.get("max_file_bytes") or 0) or None
+    max_bytes = int(params["max_file_bytes"]) or None  # 0: no size limit
     workers = max(1, int(params["github"]["concurrency"]))
     lock = threading.Lock()
     failures: Counter[str] = Counter()
@@ -274,8 +274,8 @@ def prune_older(folder: Path) -> None:
 def plan_repos(gh: GitHub | None, projects: list[dict[str, Any]], params: dict[str, Any],
                metrics: Any) -> list[tuple[str, str, str, bool, bool]]:
     """(project, owner, repo, whole, discovered) per repo; a repo belongs to the first project naming it."""
-    globs = list(params.get("docs_repo_names") or [])
-    overrides = {k.lower(): v for k, v in (params.get("repo_projects") or {}).items()}
+    globs = list(params["docs_repo_names"])
+    overrides = {k.lower(): v for k, v in params["repo_projects"].items()}
     claimed: dict[str, str] = {}
     plan: list[tuple[str, str, str, bool, bool]] = []
 
@@ -298,7 +298,7 @@ def plan_repos(gh: GitHub | None, projects: list[dict[str, Any]], params: dict[s
         for owner, repo in project_repos(project):
             claim(project["project"], owner, repo, matches_any(repo, globs), False)
     per_page = int(params["github"]["per_page"])
-    if params.get("discover_docs_repos") and gh is not None:
+    if params["discover_docs_repos"] and gh is not None:
         for project in ordered:
             for owner in sorted({o for o, _ in project_repos(project)}):
                 try:
@@ -353,7 +353,7 @@ def scrape_github(projects: list[dict[str, Any]], params: dict[str, Any], cache_
             metrics.inc("repos.ok" if complete else "repos.partial")
             snapshots.append(RepoSnapshot(
                 project=project, source="github", repo=f"{owner}/{repo}", commit=meta["commit"],
-                license=(params.get("licenses") or {}).get(f"{owner}/{repo}") or meta["license"],
+                license=params["licenses"].get(f"{owner}/{repo}") or meta["license"],
                 root=cache_folder(cache_dir, owner, repo, meta["commit"]) / "files",
                 paths=list(meta["paths"])))
     finally:

@@ -114,9 +114,9 @@ def select_projects(records: list[dict[str, Any]], params: dict[str, Any]) -> li
     The cap applies to the maturity/category selection (sorted by name); names the user asked for explicitly
     (allow, repo_projects) are always added and deny always wins.
     """
-    maturity = {str(m).lower() for m in params.get("maturity") or []}
-    categories = set(params.get("categories") or [])
-    deny = set(params.get("deny") or [])
+    maturity = {str(m).lower() for m in params["maturity"]}
+    categories = set(params["categories"])
+    deny = set(params["deny"])
     by_name = {r["project"]: r for r in records}
     chosen = sorted(
         (r for r in records
@@ -124,16 +124,16 @@ def select_projects(records: list[dict[str, Any]], params: dict[str, Any]) -> li
          and (not categories or r["category"] in categories)),
         key=lambda r: r["project"])
     chosen = [r for r in chosen if r["project"] not in deny]
-    cap = int(params.get("max_projects") or 0)
+    cap = int(params["max_projects"])
     if cap > 0:
         chosen = chosen[:cap]
     selected = {r["project"]: r for r in chosen}
-    for name in params.get("allow") or []:
+    for name in params["allow"]:
         if name in by_name:
             selected.setdefault(name, by_name[name])
         else:
             log.warning("scrape.allow names %r, which is not in the landscape; ignored", name)
-    for repo, name in sorted((params.get("repo_projects") or {}).items()):
+    for repo, name in sorted(params["repo_projects"].items()):
         if name not in selected:
             selected[name] = by_name.get(name) or synthetic_record(name, repo)
     return [selected[name] for name in sorted(selected) if name not in deny]

@@ -79,7 +79,7 @@ def scan_tree(root: Path, params: dict[str, Any]) -> tuple[list[str], Counter[st
     """
     paths: list[str] = []
     skipped: Counter[str] = Counter()
-    excluded = set(params.get("exclude_dirs") or [])
+    excluded = set(params["exclude_dirs"])
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = Path(dirpath).relative_to(root).as_posix()
         kept_dirs = []
@@ -180,9 +180,9 @@ def mirror_snapshots(mirror_dir: str | Path, projects: list[dict[str, Any]], par
             metrics.inc("skipped.undecodable_name")
         else:
             names.append(entry.name)  # a name that is no <owner>__<repo> is warned about as unmatched below
-    owners = assign_trees(names, projects, params.get("repo_projects") or {})
+    owners = assign_trees(names, projects, params["repo_projects"])
     licenses = {p["project"]: p.get("license", "") for p in projects}
-    declared = params.get("licenses") or {}
+    declared = params["licenses"]
     snapshots = []
     for name in names:
         project = owners[name]

@@ -64,17 +64,17 @@ def skip_reason(path: str, size: int | None, params: dict[str, Any], docs_only: 
     """Why a path is not taken (unsafe_path, extension, excluded_dir, not_docs, too_large), or None to take it."""
     if not is_safe_path(path):
         return "unsafe_path"
-    extensions = {e.lower().lstrip(".") for e in params.get("extensions", [])}
+    extensions = {e.lower().lstrip(".") for e in params["extensions"]}
     name = path.rsplit("/", 1)[-1]
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if ext not in extensions or file_kind(path) is None:
         return "extension"
-    excluded = set(params.get("exclude_dirs", []))
+    excluded = set(params["exclude_dirs"])
     if any(part in excluded for part in path.split("/")[:-1]):
         return "excluded_dir"
     if docs_only and not is_docs_path(path):
         return "not_docs"
-    max_bytes = int(params.get("max_file_bytes", 0) or 0)
+    max_bytes = int(params["max_file_bytes"])
     if size is not None and max_bytes and size > max_bytes:
         return "too_large"
     return None

@@ -61,7 +61,7 @@ def git_blob_sha(data: bytes) -> str:
 def params_fingerprint(params: dict[str, Any]) -> str:
     """The selection params a cached repo was made with; a change invalidates the repo's file list."""
     keys = ("extensions", "exclude_dirs", "max_file_bytes")
-    blob = json.dumps({k: params.get(k) for k in keys}, sort_keys=True, default=str)
+    blob = json.dumps({k: params[k] for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

@@ -46,7 +46,7 @@ def run_crawl(sites: list[dict[str, Any]], params: dict[str, Any], cache_dir: Pa
     if pages_dir.exists():
         shutil.rmtree(pages_dir)  # the pages of this crawl only; the HTTP cache makes a re-crawl cheap
     pages_dir.mkdir(parents=True)
-    job = {"sites": sites, "web": params.get("web") or {}, "pages_dir": str(pages_dir.resolve()),
+    job = {"sites": sites, "web": params["web"], "pages_dir": str(pages_dir.resolve()),
            "http_cache_dir": str((web_dir / "httpcache").resolve()), "log_level": log_level}
     job_file = web_dir / "job.json"
     job_file.write_text(json.dumps(job, sort_keys=True, indent=2), encoding="utf-8")
