@@ -18,6 +18,7 @@ pairs/s is 0 by construction. The work dir (default data/gpu_smoke/) is wiped fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -187,15 +188,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_params = EvalParams.model_validate({
         **all_params["eval"], "sets": [], "max_examples": 0, "max_new_tokens": 8 if args.dry_run else 128,
         "batch_size": 8, "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_length": 1024,
-        "contamination_ngram": 13, "system_prompt": "", "threads": 0,
-        "quantization": train_params["quantization"]})
+        "system_prompt": "", "threads": 0})
+    # models/base loads as the smoke's training did (4-bit on a GPU), whatever params.yaml's train says
+    settings = dataclasses.replace(InferenceSettings.from_params(all_params), quantization=train_params["quantization"])
     eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", index_dir=work / "index",
                            train=work / "merge" / "train.jsonl",
                            test=work / "merge" / "test.jsonl", metrics=work / "eval.json",
                            predictions=work / "predictions.jsonl", report=work / "report.md",
                            plots_dir=work / "eval_plots")
     start = time.perf_counter()
-    evaluated = run_eval(eval_paths, eval_params, InferenceSettings.from_params(all_params))["sets"]["merge-test"]
+    evaluated = run_eval(eval_paths, eval_params, settings, all_params["merge"]["decontam_ngram"])["sets"]["merge-test"]
     timings["eval"] = time.perf_counter() - start
     report["eval"] = {"n": evaluated["n"], "peak_gpu_mb": gpu_memory(),
                       "arms": {arm: {"rouge_l": row["rouge_l"]["mean"], "perplexity": row.get("perplexity")}

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 REPO_PARAMS: dict[str, Any] = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text("utf-8"))
+DECONTAM_NGRAM: int = REPO_PARAMS["merge"]["decontam_ngram"]  # eval marks items contaminated by merge's n-gram
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +32,16 @@ def pinned(section: str, **overrides: Any) -> dict[str, Any]:
 def params_file(**sections: dict[str, Any]) -> dict[str, Any]:
     """The whole params.yaml with each given section's values merged over the pinned ones."""
     return deep_merge(REPO_PARAMS, sections)
+
+
+def inference_settings(**overrides: Any) -> Any:
+    """The inference core's settings as the pinned params.yaml gives them, with `overrides` (field: value).
+    fp32 unless a test asks for bf16: a tiny model's greedy tokens must not depend on the CPU's bf16 support."""
+    import dataclasses
+
+    from stages.common.inference import InferenceSettings
+
+    return dataclasses.replace(InferenceSettings.from_params(REPO_PARAMS), **{"autocast": "none", **overrides})
 
 
 def hpo_params(**values: Any) -> Any:

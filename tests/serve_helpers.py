@@ -31,7 +31,8 @@ def tiny_assistant(model_dir: Path, index_dir: Path | None, **settings: Any) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.common.inference import Assistant, InferenceSettings, load_chat_tokenizer
+    from stages.common.inference import Assistant, load_chat_tokenizer
+    from tests.pinned_params import inference_settings
 
     torch.set_num_threads(1)
     tokenizer = load_chat_tokenizer(model_dir)
@@ -43,7 +44,7 @@ def tiny_assistant(model_dir: Path, index_dir: Path | None, **settings: Any) -> 
         retriever = Retriever.load(index_dir)
     defaults = {"system_prompt": "You are an expert on the CNCF landscape.", "k": 2, "max_new_tokens": 16,
                 "retrieval_mode": "bm25"}
-    return Assistant(model, tokenizer, retriever, InferenceSettings(**{**defaults, **settings}),
+    return Assistant(model, tokenizer, retriever, inference_settings(**{**defaults, **settings}),
                      versions={"base": "tiny", "adapter": "none", "index": "tiny", "dataset": "none"})
 
 

@@ -186,7 +186,8 @@ def test_inference_generate_passes_every_stop_token(arch_dirs, monkeypatch) -> N
     import torch
     from transformers import AutoModelForCausalLM
 
-    from stages.common.inference import Assistant, GenerationOptions, InferenceSettings
+    from stages.common.inference import Assistant, GenerationOptions
+    from tests.pinned_params import inference_settings
 
     tokenizer = _tokenizer(arch_dirs["gemma2"])
     ct.ensure_training_template(tokenizer)
@@ -204,7 +205,7 @@ def test_inference_generate_passes_every_stop_token(arch_dirs, monkeypatch) -> N
         return out
 
     monkeypatch.setattr(model, "generate", spy)
-    assistant = Assistant(model, tokenizer, None, InferenceSettings(system_prompt="", max_prompt_tokens=256))
+    assistant = Assistant(model, tokenizer, None, inference_settings(system_prompt="", max_prompt_tokens=256))
     prompt = ct.render(tokenizer, RECORD[:2], add_generation_prompt=True)
     options = GenerationOptions(max_new_tokens=8, repetition_penalty=1.2)
     assert [text for text, *_ in assistant.generate([prompt], options, batch_size=1)] == [""]

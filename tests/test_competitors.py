@@ -36,7 +36,7 @@ def project(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path,
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         run_eval(EvalPaths(base_dir=tiny_model_dir, adapter_dir=tiny_adapter), eval_params,
-                 InferenceSettings.from_params(params))
+                 InferenceSettings.from_params(params), params["merge"]["decontam_ngram"])
     return root
 
 

@@ -16,6 +16,7 @@ from stages.eval import contamination as contam
 from stages.eval import metrics as tm
 from stages.eval.mcq import McqItem, choose, item_correct, parse_item
 from tests.conftest import MCQ_FIXTURE, SYSTEM, tiny_eval_params, tiny_settings
+from tests.pinned_params import DECONTAM_NGRAM
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -109,7 +110,8 @@ def _paths(root: Path, out: str, base: Path, adapter: Path) -> Any:
 def eval_run(workspace: Path, tiny_model_dir: Path, tiny_adapter: Path) -> dict[str, Any]:
     from stages.eval.pipeline import run_eval
 
-    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings())
+    return run_eval(_paths(workspace, "run1", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings(),
+                    DECONTAM_NGRAM)
 
 
 ARMS = ("base_closed", "tuned_closed", "base_rag", "tuned_rag")
@@ -213,7 +215,8 @@ def test_rerun_is_byte_identical(eval_run: dict[str, Any], workspace: Path, tiny
                                  tiny_adapter: Path) -> None:
     from stages.eval.pipeline import run_eval
 
-    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings())
+    run_eval(_paths(workspace, "run2", tiny_model_dir, tiny_adapter), tiny_eval_params(workspace), tiny_settings(),
+             DECONTAM_NGRAM)
     for rel in ("data/eval/predictions.jsonl", "metrics/report.md"):
         assert (workspace / "run1" / rel).read_bytes() == (workspace / "run2" / rel).read_bytes(), rel
 
@@ -290,7 +293,7 @@ def test_bad_rows_are_counted_and_empty_set_survives(tmp_path: Path, tiny_model_
     shutil.copytree(workspace / "data/index", tmp_path / "data/index")
     test.write_text('{"qa_id": "x", "messages": [{"role": "user", "content": "q?"}]}\n{not json\n', encoding="utf-8")
     params = tiny_eval_params(tmp_path, sets=[])
-    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params, tiny_settings())
+    report = run_eval(_paths(tmp_path, "out", tiny_model_dir, tiny_adapter), params, tiny_settings(), DECONTAM_NGRAM)
     assert report["sets"]["merge-test"]["n"] == 0
     assert report["run"]["dropped"]["merge-test"] == {"bad_json": 1, "invalid": 1}
     saved = json.loads((tmp_path / "out/metrics/eval.json").read_text(encoding="utf-8"))

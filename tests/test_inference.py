@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from stages.common.inference import Answer, Assistant, GenerationOptions, InferenceSettings, format_sources
+from stages.common.inference import Answer, Assistant, GenerationOptions, format_sources
 from tests.fakes.tiny_index import build_tiny_index, make_chunk
+from tests.pinned_params import inference_settings
 
 OPTIONS = GenerationOptions(max_new_tokens=12, repetition_penalty=1.1)
 
@@ -24,7 +25,7 @@ def assistant(tiny_model_dir, tmp_path_factory):
               make_chunk(2, "Prometheus", "Scraping", "Prometheus scrapes targets over HTTP.")]
     index = build_tiny_index(tmp_path_factory.mktemp("inference"), chunks)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    settings = InferenceSettings(system_prompt="You answer questions.", k=2, excerpt_words=30, max_prompt_tokens=600)
+    settings = inference_settings(system_prompt="You answer questions.", k=2, excerpt_words=30, max_prompt_tokens=600)
     return Assistant(model, load_chat_tokenizer(tiny_model_dir), Retriever.load(index), settings)
 
 

@@ -38,8 +38,9 @@ CASES = [
     ("train", "launch.num_processes", 0, "train.launch.num_processes: 0 — must be an integer ≥ 1"),
     ("train", "learning_rate", ("DELETE",), "train.learning_rate: missing — required"),
     ("eval", "arms", ["tuned_rag", "tuned_open"], "eval.arms.1: 'tuned_open' — must be"),
+    ("eval", "quantization", ("ADD", "4bit"), "eval.quantization: unknown param"),  # it is train.quantization
+    ("index", "autocast", "fp16", "index.autocast: 'fp16' — must be 'none' or 'bf16'"),
     ("eval", "max_examples", -1, "eval.max_examples: -1 — must be an integer ≥ 0"),
-    ("eval", "quantization", "16bit", "eval.quantization: '16bit' — must be"),
     ("eval", "max_new_tokns", ("ADD", 4), "eval.max_new_tokns: unknown param — did you mean max_new_tokens?"),
     ("hpo", "n_trials", 0, "hpo.n_trials: 0 — must be an integer ≥ 1"),
     ("hpo", "direction", "down", "hpo.direction: 'down' — must be 'minimize' or 'maximize'"),

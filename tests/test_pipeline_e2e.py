@@ -213,7 +213,8 @@ def test_whole_dag_offline_with_a_tiny_model(project, corpus, env, tiny_model_di
                       index_dir=project / "data/index", train=project / "data/merge/train.jsonl",
                       test=project / "data/merge/test.jsonl", metrics=out / "eval.json",
                       predictions=out / "predictions.jsonl", report=out / "report.md", plots_dir=out / "plots")
-    facts_eval = run_eval(paths, eval_params, InferenceSettings.from_params(all_params))["sets"]["trained-facts"]
+    facts_eval = run_eval(paths, eval_params, InferenceSettings.from_params(all_params),
+                          all_params["merge"]["decontam_ngram"])["sets"]["trained-facts"]
     # A random tiny model answers blanks; 120 steps move it measurably towards its own facts, not to fluency: the
     # references' perplexity after the RAFT prompt falls by ~10 % (518 -> 465 when written) and ROUGE-L leaves 0.
     arms = facts_eval["arms"]

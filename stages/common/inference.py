@@ -74,29 +74,33 @@ class Answer:
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """params.yaml `inference:` (+ the system prompt training used): how a question becomes a prompt."""
+    """How a question becomes a prompt and an answer: params.yaml `inference:`, plus the system prompt training
+    used (`merge.system_prompt`) and how models/base is loaded (`train.quantization`). Every value comes from
+    params.yaml (`from_params`); there are no defaults here."""
 
     system_prompt: str
-    k: int = 3
-    excerpt_words: int = 100
-    max_prompt_tokens: int = 1024
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.2
-    retrieval_mode: str = "hybrid"
-    autocast: str = "none"
+    k: int
+    excerpt_words: int
+    max_prompt_tokens: int
+    max_new_tokens: int
+    repetition_penalty: float
+    retrieval_mode: str
+    autocast: str
+    quantization: str
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> InferenceSettings:
-        """`params` is the whole params file: `inference:` is validated (ParamsError, one line), `merge:` gives
-        the system prompt training used."""
-        from stages.common.schema import InferenceParams, validate_params
+        """`params` is the whole params file: `inference:`, `merge:` and `train:` are validated (ParamsError,
+        one line)."""
+        from stages.common.schema import InferenceParams, MergeParams, TrainParams, validate_params
 
         inf = validate_params("inference", InferenceParams, params.get("inference"))
-        system = str((params.get("merge") or {}).get("system_prompt") or "")
-        return cls(system_prompt=system, k=inf.k, excerpt_words=inf.excerpt_words,
+        merge = validate_params("merge", MergeParams, params.get("merge"))
+        train = validate_params("train", TrainParams, params.get("train"))
+        return cls(system_prompt=merge.system_prompt, k=inf.k, excerpt_words=inf.excerpt_words,
                    max_prompt_tokens=inf.max_prompt_tokens, max_new_tokens=inf.max_new_tokens,
                    repetition_penalty=inf.repetition_penalty, retrieval_mode=inf.retrieval_mode,
-                   autocast=inf.autocast)
+                   autocast=inf.autocast, quantization=train.quantization)
 
 
 def format_sources(sources: Sequence[Source]) -> str:
@@ -146,7 +150,6 @@ class Assistant:
         from stages.common.modeling import load_causal_lm, pick_device, setup_cpu_threads
         from stages.common.params import load_params
         from stages.common.retrieval import Retriever
-        from stages.common.schema import TrainParams, validate_params
 
         params = load_params(None, params_path)
         settings = InferenceSettings.from_params(params)
@@ -158,7 +161,7 @@ class Assistant:
         if adapter is not None and not (adapter / "adapter_config.json").is_file():
             raise StageError(f"no adapter at {adapter}: run `dvc repro train`, or pass --base-only")
         tokenizer = load_chat_tokenizer(adapter or base_dir)
-        quantization = validate_params("train", TrainParams, params.get("train")).quantization
+        quantization = settings.quantization
         model = load_causal_lm(base_dir, quantization, device)
         if adapter is not None:
             from peft import PeftModel

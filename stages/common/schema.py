@@ -317,10 +317,8 @@ class EvalParams(StageParams):
     bootstrap_samples: PositiveInt
     seed: int
     max_length: Annotated[int, Field(ge=16)]
-    contamination_ngram: Annotated[int, Field(ge=3, le=64)]
     system_prompt: str
     threads: NonNegativeInt
-    quantization: Quantization
 
     @model_validator(mode="after")
     def _set_names(self) -> EvalParams:

@@ -350,21 +350,23 @@ def load_assistant(paths: EvalPaths, params: EvalParams, settings: InferenceSett
     device = pick_device()
     tokenizer = load_chat_tokenizer(paths.adapter_dir if (paths.adapter_dir / "tokenizer_config.json").is_file()
                                     else paths.base_dir)
-    model = load_model(paths.base_dir, paths.adapter_dir, device, params.quantization)
+    model = load_model(paths.base_dir, paths.adapter_dir, device, settings.quantization)
     retriever = Retriever.load(paths.index_dir)
     return Assistant(model, tokenizer, retriever, settings), device
 
 
-def run_eval(paths: EvalPaths, params: EvalParams, settings: InferenceSettings,
+def run_eval(paths: EvalPaths, params: EvalParams, settings: InferenceSettings, decontam_ngram: int,
              stats: StageMetrics | None = None) -> dict[str, Any]:
-    """Evaluate the four arms (+ retrieval_only and question_only) on every set and write all outputs; returns eval.json's content."""
+    """Evaluate the four arms (+ retrieval_only and question_only) on every set and write all outputs; returns
+    eval.json's content. `decontam_ngram` (merge.decontam_ngram) is the word n-gram that marks an eval item
+    contaminated: the same one merge drops training pairs by."""
     from stages.common.inference import GenerationOptions
     from stages.eval.report import write_plots, write_report
 
     stats = stats or StageMetrics("eval")
     system = params.system_prompt or train_system_prompt(paths.train)
     sets = load_sets(paths, params, system, stats)
-    ngram = params.contamination_ngram
+    ngram = decontam_ngram
     index = contam.train_index(paths.train, ngram)
     assistant, device = load_assistant(paths, params, settings)
     doc_of = {c["chunk_id"]: str(c.get("doc_id") or "") for c in assistant.retriever.chunks}
