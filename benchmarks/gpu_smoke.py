@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stages.common.jsonl import write_jsonl
     from stages.common.metrics import StageMetrics
     from stages.common.params import load_params
-    from stages.common.schema import EvalParams, QaGenParams, validate_params
+    from stages.common.schema import EvalParams, QaGenParams, TrainParams, load_stage_params, validate_params
     from stages.eval.pipeline import EvalPaths, run_eval
     from stages.qa_gen import finalize_pairs
     from stages.qa_gen.llm import generate_llm
-    from stages.train import TrainPaths, train
+    from stages.train import TrainPaths, train, with_values
 
     on_gpu = torch.cuda.is_available()
     if not on_gpu and not args.dry_run:
@@ -147,14 +147,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_jsonl(work / "merge" / "train.jsonl", train_records)
     write_jsonl(work / "merge" / "validation.jsonl", eval_records[:8])
     write_jsonl(work / "merge" / "test.jsonl", eval_records)
-    train_params = {
-        "quantization": "4bit" if on_gpu else "none", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
-        "target_modules": "all-linear", "max_length": 512 if on_gpu else 128, "packing": True,
-        "packing_layout": "rows", "learning_rate": 1e-3, "lr_scheduler": "cosine", "warmup_ratio": 0.05,
-        "epochs": 1, "max_steps": args.steps, "batch_size": 8 if on_gpu else 2, "grad_accum": 1,
-        "max_train_examples": 0, "max_eval_examples": 8, "eval_before_train": True, "seed": 42,
-        "save_steps": 10_000, "logging_steps": 1, "merge": False, "gradient_checkpointing": False,
-    }
+    batch_size = 8 if on_gpu else 2
+    train_params = with_values(  # the pinned section with the smoke run's values: closed-book, fp32 on CPU
+        load_stage_params("train", TrainParams, REPO_ROOT / "params.yaml"),
+        quantization="4bit" if on_gpu else "none", lora_r=16, lora_alpha=32, lora_dropout=0.05,
+        target_modules="all-linear", context="none", max_length=512 if on_gpu else 128, packing=True,
+        packing_layout="rows", learning_rate=1e-3, lr_scheduler="cosine", warmup_ratio=0.05,
+        epochs=1, max_steps=args.steps, batch_size=batch_size, eval_batch_size=batch_size, grad_accum=1,
+        weight_decay=0.0, max_grad_norm=1.0, max_train_examples=0, max_eval_examples=8, eval_before_train=True,
+        seed=42, save_steps=10_000, logging_steps=1, merge=False, gradient_checkpointing=False, autocast="none")
     paths = TrainPaths(data_dir=work / "merge", base_dir=work / "base", adapter_dir=work / "adapter",
                        checkpoint_dir=work / "checkpoints", merged_dir=work / "merged",
                        metrics_path=work / "train.json", live_dir=work / "train_live")
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": 8, "repetition_penalty": 1.2, "bootstrap_samples": 200, "seed": 42, "max_length": 1024,
         "system_prompt": "", "threads": 0})
     # models/base loads as the smoke's training did (4-bit on a GPU), whatever params.yaml's train says
-    settings = dataclasses.replace(InferenceSettings.from_params(all_params), quantization=train_params["quantization"])
+    settings = dataclasses.replace(InferenceSettings.from_params(all_params), quantization=train_params.quantization)
     eval_paths = EvalPaths(base_dir=work / "base", adapter_dir=work / "adapter", index_dir=work / "index",
                            train=work / "merge" / "train.jsonl",
                            test=work / "merge" / "test.jsonl", metrics=work / "eval.json",

@@ -21,7 +21,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stages.common.schema import TrainParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # also runnable as `python benchmarks/train_throughput.py`
@@ -93,7 +96,7 @@ def default_model(workdir: Path) -> Path:
     return workdir / "base"
 
 
-def measure(model_dir: Path, records: list[dict[str, Any]], params: dict[str, Any], steps: int,
+def measure(model_dir: Path, records: list[dict[str, Any]], params: TrainParams, steps: int,
             workdir: Path) -> dict[str, float]:
     """Train `steps` (+1 warm-up) steps in one batching mode, with the train stage's collators; tokens/s = real
     tokens of the timed steps' batches over their wall time."""
@@ -102,7 +105,14 @@ def measure(model_dir: Path, records: list[dict[str, Any]], params: dict[str, An
     from trl import SFTTrainer
 
     from stages.common.modeling import load_causal_lm, load_tokenizer
-    from stages.train import CountingCollator, TrainPaths, choose_collator, lora_config, sft_config
+    from stages.train import (
+        CountingCollator,
+        TrainPaths,
+        choose_collator,
+        lora_config,
+        sft_config,
+        with_values,
+    )
 
     ends: list[float] = []
 
@@ -110,17 +120,17 @@ def measure(model_dir: Path, records: list[dict[str, Any]], params: dict[str, An
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             ends.append(time.perf_counter())
 
-    config = sft_config(dict(params, max_steps=steps + 1), TrainPaths(checkpoint_dir=workdir), "cpu")
+    config = sft_config(with_values(params, max_steps=steps + 1), TrainPaths(checkpoint_dir=workdir), "cpu")
     config.save_strategy = "no"
     tokenizer = load_tokenizer(model_dir)
     trainer = SFTTrainer(model=load_causal_lm(model_dir), args=config, train_dataset=Dataset.from_list(records),
                          processing_class=tokenizer, peft_config=lora_config(params), callbacks=[Mark()])
     counter = CountingCollator(choose_collator(params, tokenizer, trainer.data_collator))
     trainer.data_collator = counter
-    steps_per_epoch = len(trainer.get_train_dataloader()) // int(params.get("grad_accum", 1))
+    steps_per_epoch = len(trainer.get_train_dataloader()) // params.grad_accum
     counter.counts.clear()
     trainer.train()
-    accum = int(params.get("grad_accum", 1))
+    accum = params.grad_accum
     tokens = sum(counter.counts[accum:accum * (steps + 1)])
     seconds = ends[-1] - ends[0]
     return {"tokens_per_second": tokens / seconds, "seconds_per_step": seconds / steps,
@@ -145,19 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from stages.common.modeling import setup_cpu_threads
-    from stages.common.params import load_params
+    from stages.common.schema import TrainParams, load_stage_params
+    from stages.train import with_values
 
     threads = setup_cpu_threads(args.threads or None)
-    params = dict(load_params("train", args.params), quantization="none")
-    params.update({k: v for k, v in (("batch_size", args.batch_size), ("max_length", args.max_length)) if v})
+    params = with_values(load_stage_params("train", TrainParams, args.params), quantization="none",
+                         **{k: v for k, v in (("batch_size", args.batch_size), ("max_length", args.max_length)) if v})
     data = args.data or (REPO_ROOT / "data" / "merge" / "train.jsonl")
-    records = load_pairs(data, args.examples, int(params["seed"]))
+    records = load_pairs(data, args.examples, params.seed)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         model_dir = args.model or default_model(Path(tmp))
-        results = {mode: measure(model_dir, records, dict(params, **MODES[mode]), args.steps, Path(tmp) / mode)
+        results = {mode: measure(model_dir, records, with_values(params, **MODES[mode]), args.steps, Path(tmp) / mode)
                    for mode in args.modes.split(",")}
     print(f"\nmodel {model_dir} | {len(records)} examples from {data if data.is_file() else 'corpus sections (built-in sample)'} | "
-          f"batch {params['batch_size']} | max_length {params['max_length']} | {threads} threads | {args.steps} steps")
+          f"batch {params.batch_size} | max_length {params.max_length} | {threads} threads | {args.steps} steps")
     print(f"{'mode':8} {'tokens/s':>9} {'s/step':>8} {'tokens/step':>12} {'steps/epoch':>12} {'min/epoch':>10}")
     for mode, r in results.items():
         print(f"{mode:8} {r['tokens_per_second']:9.1f} {r['seconds_per_step']:8.2f} {r['tokens_per_step']:12.0f} "

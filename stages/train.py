@@ -72,6 +72,11 @@ class TrainPaths:
     live_dir: Path = Path("metrics/train_live")
 
 
+def with_values(params: TrainParams, **values: Any) -> TrainParams:
+    """`params` with some values replaced, validated again: benchmarks and tests vary a knob of a loaded run."""
+    return TrainParams.model_validate({**params.model_dump(), **values})
+
+
 class StopTraining(Exception):
     """Raised by a callback to simulate a killed run (tests)."""
 
@@ -118,48 +123,46 @@ def cap_examples(records: list[dict[str, Any]], limit: int, seed: int) -> list[d
     return [records[i] for i in keep]
 
 
-def load_training_records(params: dict[str, Any], paths: TrainPaths, metrics: StageMetrics,
-                          inference: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_training_records(params: TrainParams, paths: TrainPaths, metrics: StageMetrics,
+                          inference: InferenceParams | None = None
+                          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Step 1 of the recipe: the (capped) train and validation chat records, or one clear error line; with
     train.context=rag each becomes a RAFT prompt with retrieved excerpts (`with_context`)."""
-    seed = int(params["seed"])
+    seed = params.seed
     train_path = paths.data_dir / "train.jsonl"
     if not train_path.is_file():
         raise StageError(f"{train_path} not found: run the merge stage first (dvc repro merge)")
     train_records = cap_examples(load_chat_split(train_path, metrics, "train"),
-                                 int(params.get("max_train_examples", 0)), seed)
+                                 params.max_train_examples, seed)
     val_records = cap_examples(load_chat_split(paths.data_dir / "validation.jsonl", metrics, "validation"),
-                               int(params.get("max_eval_examples", 0)), seed)
+                               params.max_eval_examples, seed)
     if not train_records:
         raise StageError(f"{train_path} has no usable chat records (see the warnings above)")
-    train_records, val_records = with_context(train_records, val_records, params, inference or {}, paths, metrics)
+    train_records, val_records = with_context(train_records, val_records, params, inference, paths, metrics)
     if not val_records:
         log.warning("%s: no validation records; eval_loss will be missing", paths.data_dir / "validation.jsonl")
     return train_records, val_records
 
 
-def with_context(train_records: list[dict[str, Any]], val_records: list[dict[str, Any]], params: dict[str, Any],
-                 inference: dict[str, Any], paths: TrainPaths, metrics: StageMetrics
+def with_context(train_records: list[dict[str, Any]], val_records: list[dict[str, Any]], params: TrainParams,
+                 inference: InferenceParams | None, paths: TrainPaths, metrics: StageMetrics
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`train.context: rag` turns each pair into a RAFT prompt (stages.common.raft) with the excerpts users will
-    get; validation is built the same way, so eval_loss measures the task being trained. Only `messages` stay."""
-    context = str(params.get("context", "none"))
-    if context not in ("none", "rag"):
-        raise StageError(f"train.context must be none or rag, got {context!r}")
-    if context == "rag":
+    get (inference.k excerpts of inference.excerpt_words); validation is built the same way, so eval_loss measures
+    the task being trained. Only `messages` stay."""
+    if params.context == "rag":
         from stages.common.raft import raft_records
         from stages.common.retrieval import Retriever
 
+        if inference is None:
+            raise StageError("train.context: rag needs the inference section (k, excerpt_words) of params.yaml")
         retriever = Retriever.load(paths.index_dir)
-        raft = params.get("raft") or {}
+        raft = params.raft
         for name, records in (("train", train_records), ("validation", val_records)):
             counts: dict[str, int] = {}
-            built = raft_records(records, retriever, k=int(inference.get("k", 3)),
-                                 excerpt_words=int(inference.get("excerpt_words", 100)),
-                                 p_gold=float(raft.get("p_gold", 0.8)),
-                                 closed_book_fraction=float(raft.get("closed_book_fraction", 0.0)),
-                                 no_gold_target=str(raft.get("no_gold_target", "answer")), seed=int(params["seed"]),
-                                 stats=counts)
+            built = raft_records(records, retriever, k=inference.k, excerpt_words=inference.excerpt_words,
+                                 p_gold=raft.p_gold, closed_book_fraction=raft.closed_book_fraction,
+                                 no_gold_target=raft.no_gold_target, seed=params.seed, stats=counts)
             for key, value in sorted(counts.items()):
                 metrics.inc(f"raft.{name}.{key}", value)
             if name == "train":
@@ -170,29 +173,26 @@ def with_context(train_records: list[dict[str, Any]], val_records: list[dict[str
     return strip
 
 
-def load_model(params: dict[str, Any], base_dir: Path, device: str) -> tuple[Any, Any]:
+def load_model(params: TrainParams, base_dir: Path, device: str) -> tuple[Any, Any]:
     """Step 2: tokenizer and model (bitsandbytes-quantized and prepared for k-bit training under QLoRA)."""
     tokenizer = load_tokenizer(base_dir)
-    quantization = str(params.get("quantization", "none"))
-    model = load_causal_lm(base_dir, quantization, device)
-    if quantization != "none":
+    model = load_causal_lm(base_dir, params.quantization, device)
+    if params.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(params.get("gradient_checkpointing", False)))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=params.gradient_checkpointing)
     return model, tokenizer
 
 
 # --------------------------------------------------------------------------------------------------- config
-def lora_config(params: dict[str, Any]) -> Any:
+def lora_config(params: TrainParams) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=int(params["lora_r"]), lora_alpha=int(params["lora_alpha"]),
-                      lora_dropout=float(params["lora_dropout"]), target_modules=params.get("target_modules", "all-linear"),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                      target_modules=params.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
-def sft_config(params: dict[str, Any], paths: TrainPaths, device: str) -> Any:
+def sft_config(params: TrainParams, paths: TrainPaths, device: str) -> Any:
     """Every trainer knob in one object, from params. On CPU: fp32 or bf16 autocast, no checkpointing (trl's
     default checkpointing costs 16x)."""
     import torch
@@ -201,43 +201,42 @@ def sft_config(params: dict[str, Any], paths: TrainPaths, device: str) -> Any:
     on_gpu = device == "cuda"
     # GPU: bf16 where supported, else fp16. CPU: fp32, or bf16 autocast (weights stay fp32) when train.autocast says
     # so; accelerate then runs each forward under torch.autocast("cpu", bfloat16).
-    bf16 = torch.cuda.is_bf16_supported() if on_gpu else params.get("autocast") == "bf16"
-    packing = bool(params.get("packing", True))
+    bf16 = torch.cuda.is_bf16_supported() if on_gpu else params.autocast == "bf16"
     return SFTConfig(
         output_dir=str(paths.checkpoint_dir),
         # data: chat `messages`, loss on the assistant turns only
         assistant_only_loss=True,
-        max_length=int(params["max_length"]),
-        packing=packing,
+        max_length=params.max_length,
+        packing=params.packing,
         packing_strategy="bfd",  # best-fit decreasing bins of whole examples (truncated to max_length)
         # optimisation
-        learning_rate=float(params["learning_rate"]),
-        lr_scheduler_type=str(params["lr_scheduler"]),
-        warmup_steps=float(params.get("warmup_ratio", 0.0)),  # < 1: a fraction of the steps (transformers 5)
-        num_train_epochs=float(params["epochs"]),
-        max_steps=int(params.get("max_steps", -1)),
-        per_device_train_batch_size=int(params["batch_size"]),
-        per_device_eval_batch_size=int(params.get("eval_batch_size", params["batch_size"])),
-        gradient_accumulation_steps=int(params.get("grad_accum", 1)),
-        weight_decay=float(params.get("weight_decay", 0.0)),
-        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
-        seed=int(params["seed"]),
-        data_seed=int(params["seed"]),
+        learning_rate=params.learning_rate,
+        lr_scheduler_type=params.lr_scheduler,
+        warmup_steps=params.warmup_ratio,  # < 1: a fraction of the steps (transformers 5)
+        num_train_epochs=float(params.epochs),
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.eval_batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        weight_decay=params.weight_decay,
+        max_grad_norm=params.max_grad_norm,
+        seed=params.seed,
+        data_seed=params.seed,
         # hardware
         bf16=bf16,
         fp16=on_gpu and not bf16,
         use_cpu=not on_gpu,
-        activation_checkpointing=bool(params.get("gradient_checkpointing", False)),  # trl defaults to True
+        activation_checkpointing=params.gradient_checkpointing,  # trl defaults to True
         dataloader_num_workers=0,
         dataloader_pin_memory=on_gpu,
         ddp_find_unused_parameters=False,
         # checkpoints, logs
         save_strategy="steps",
-        save_steps=int(params.get("save_steps", 50)),
+        save_steps=params.save_steps,
         save_total_limit=2,
         save_only_model=False,  # optimizer + scheduler + RNG state, so a resumed run is the same run
         eval_strategy="no",  # evaluated before and after training, explicitly
-        logging_steps=int(params.get("logging_steps", 5)),
+        logging_steps=params.logging_steps,
         logging_first_step=True,
         report_to=[],  # dvclive through our own callback: no git commits, no dvc.yaml edits
         disable_tqdm=None,
@@ -275,13 +274,13 @@ def save_merged(adapter_dir: Path, base_dir: Path, merged_dir: Path) -> None:
     tmp.rename(merged_dir)
 
 
-def resolved_config(params: dict[str, Any], config: Any, peft_config: Any, n_train: int, n_val: int,
+def resolved_config(params: TrainParams, config: Any, peft_config: Any, n_train: int, n_val: int,
                     base_dir: Path) -> dict[str, Any]:
     """What training_args.json records: the params, the full SFTConfig and LoRA config actually used."""
     base_info = base_dir / "base_model.json"
     peft_dict = {k: (sorted(v) if isinstance(v, set) else v) for k, v in peft_config.to_dict().items()}
     return {
-        "params": params,
+        "params": params.model_dump(),
         "sft_config": json.loads(config.to_json_string()),
         "lora_config": json.loads(json.dumps(peft_dict, default=str)),
         "base_model": read_json(base_info) if base_info.is_file() else {"path": str(base_dir)},
@@ -292,8 +291,8 @@ def resolved_config(params: dict[str, Any], config: Any, peft_config: Any, n_tra
 
 # --------------------------------------------------------------------------------------------------- main flow
 
-def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: Iterable[Any] = (),
-          inference: dict[str, Any] | None = None) -> dict[str, Any]:
+def train(params: TrainParams, paths: TrainPaths = TrainPaths(), callbacks: Iterable[Any] = (),
+          inference: InferenceParams | None = None) -> dict[str, Any]:
     """Load data and model, configure LoRA + SFT, train, evaluate, save adapter + metrics; returns the metrics.
     `inference` is params.yaml's inference section (retrieval settings for train.context=rag)."""
     from datasets import Dataset
@@ -304,20 +303,19 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
     threads = setup_cpu_threads() if device == "cpu" else None
 
     # 1. data
-    train_records, val_records = load_training_records(params, paths, metrics, inference or {})
+    train_records, val_records = load_training_records(params, paths, metrics, inference)
     fingerprint = run_fingerprint(params, train_records, val_records, paths.base_dir)
     resume_from = prepare_checkpoints(paths.checkpoint_dir, fingerprint, main=int(os.environ.get("RANK", "0")) == 0)
 
     # 2. model
     model, tokenizer = load_model(params, paths.base_dir, device)
-    quantization = str(params.get("quantization", "none"))
 
     # 3. configure: SFT + LoRA, packed batches, throughput + dvclive callbacks
     peft_config = lora_config(params)
     config = sft_config(params, paths, device)
     counter = CountingCollator(None)
     throughput, live = make_callbacks(paths.live_dir, resume_from is not None, counter,
-                                      int(params.get("grad_accum", 1)), world_size())
+                                      params.grad_accum, world_size())
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -329,7 +327,7 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
     )
     counter.inner = choose_collator(params, tokenizer, trainer.data_collator)
     trainer.data_collator = counter
-    if quantization != "none" and device == "cpu":
+    if params.quantization != "none" and device == "cpu":
         adapters_to_fp32(trainer.model)
     if trainer.is_world_process_zero():
         trainer.model.print_trainable_parameters()
@@ -351,7 +349,7 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
     # 5. save
     resolved = resolved_config(params, config, peft_config, len(train_records), len(val_records), paths.base_dir)
     save_adapter(trainer, tokenizer, resolved, paths.adapter_dir)
-    if params.get("merge") and trainer.is_world_process_zero():
+    if params.merge and trainer.is_world_process_zero():
         save_merged(paths.adapter_dir, paths.base_dir, paths.merged_dir)
     summary = run_summary(trainer, throughput, train_loss, baseline, final, train_seconds, resume_from)
     summary.update({
@@ -361,9 +359,9 @@ def train(params: dict[str, Any], paths: TrainPaths = TrainPaths(), callbacks: I
         "dtype": str(pick_dtype(device)).replace("torch.", ""),
         "torch_threads": threads,
         "world_size": world_size(),
-        "quantization": quantization,
-        "packing": bool(params.get("packing", True)),
-        "packing_layout": str(params.get("packing_layout", "rows")) if params.get("packing", True) else None,
+        "quantization": params.quantization,
+        "packing": params.packing,
+        "packing_layout": params.packing_layout if params.packing else None,
         "fingerprint": fingerprint,
         **peak_memory(),
     })
@@ -398,13 +396,13 @@ def run_summary(trainer: Any, throughput: Any, train_loss: float | None, baselin
     }
 
 
-def _baseline_eval(trainer: Any, checkpoint_dir: Path, params: dict[str, Any], has_val: bool,
+def _baseline_eval(trainer: Any, checkpoint_dir: Path, params: TrainParams, has_val: bool,
                    resuming: bool) -> dict[str, float]:
     """Eval loss of the untouched base, kept beside the checkpoints so a resumed run does not recompute it.
 
     Every rank must take the same branch (evaluate is collective): the cache is read only when resuming, when
     no rank writes or clears the checkpoint dir."""
-    if not has_val or not params.get("eval_before_train", True):
+    if not has_val or not params.eval_before_train:
         return {}
     cached = checkpoint_dir / BASELINE_FILE
     if resuming and cached.is_file():
@@ -428,8 +426,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--index-dir", default=str(TrainPaths.index_dir), help="retrieval index (train.context=rag)")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    params = load_stage_params("train", TrainParams, args.params).model_dump()
-    inference = load_stage_params("inference", InferenceParams, args.params).model_dump()
+    params = load_stage_params("train", TrainParams, args.params)
+    inference = load_stage_params("inference", InferenceParams, args.params)
     paths = TrainPaths(data_dir=Path(args.data_dir), base_dir=Path(args.base_dir),
                        adapter_dir=Path(args.adapter_dir), checkpoint_dir=Path(args.checkpoint_dir),
                        index_dir=Path(args.index_dir))

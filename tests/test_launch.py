@@ -79,8 +79,7 @@ def test_two_process_cpu_ddp_train_through_dvc(repo_root: Path, tiny_model_dir: 
     (project / "data" / "index").mkdir(parents=True)  # a dep of the stage; read only with train.context=rag
     (project / "data" / "index" / "meta.json").write_text("{}")
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["train"] = {**params["train"], **PARAMS, "context": "none", "autocast": "none", "max_steps": 2,
-                       "save_steps": 10, "eval_before_train": False,
+    params["train"] = {**PARAMS.model_dump(), "max_steps": 2, "save_steps": 10, "eval_before_train": False,
                        "launch": {"num_processes": 2, "config": CPU_DDP, "main_process_port": _free_port()}}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 

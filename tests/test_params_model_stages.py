@@ -36,6 +36,9 @@ CASES = [
     ("train", "max_steps", 0, "train.max_steps: 0 — must be > 0"),
     ("train", "autocast", "bf32", "train.autocast: 'bf32' — must be 'none' or 'bf16'"),
     ("train", "launch.num_processes", 0, "train.launch.num_processes: 0 — must be an integer ≥ 1"),
+    ("train", "eval_batch_size", 0, "train.eval_batch_size: 0 — must be an integer ≥ 1"),
+    ("train", "max_grad_norm", -1.0, "train.max_grad_norm: -1.0 — must be a number ≥ 0"),
+    ("train", "weight_decay", "none", "train.weight_decay: 'none' — must be a number"),
     ("train", "learning_rate", ("DELETE",), "train.learning_rate: missing — required"),
     ("eval", "arms", ["tuned_rag", "tuned_open"], "eval.arms.1: 'tuned_open' — must be"),
     ("eval", "quantization", ("ADD", "4bit"), "eval.quantization: unknown param"),  # it is train.quantization

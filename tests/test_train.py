@@ -13,6 +13,7 @@ import pytest
 from stages.common.cli import StageError
 from stages.common.jsonl import write_jsonl
 from stages.common.metrics import StageMetrics
+from stages.common.schema import TrainParams
 from stages.train import (
     StopTraining,
     TrainPaths,
@@ -25,15 +26,26 @@ from stages.train import (
     sft_config,
     train,
 )
+from tests.pinned_params import pinned
 
 WORDS = ["Prometheus", "scrapes", "metrics", "from", "instrumented", "jobs", "and", "stores", "them", "as", "time", "series", "with", "labels"]
-PARAMS: dict[str, Any] = {
+# The tiny-model run: closed-book (no index), fp32 on CPU; the rest of the section is the pinned params.yaml's.
+TINY_VALUES: dict[str, Any] = {
     "base_model": "tiny", "quantization": "none", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-    "target_modules": "all-linear", "max_length": 128, "packing": True, "learning_rate": 0.002,
-    "lr_scheduler": "cosine", "warmup_ratio": 0.1, "epochs": 1, "max_steps": 4, "batch_size": 4, "grad_accum": 1,
-    "max_train_examples": 0, "max_eval_examples": 8, "seed": 42, "save_steps": 2, "logging_steps": 1,
-    "merge": False, "gradient_checkpointing": False,
+    "target_modules": "all-linear", "context": "none", "max_length": 128, "packing": True, "packing_layout": "rows",
+    "learning_rate": 0.002, "lr_scheduler": "cosine", "warmup_ratio": 0.1, "epochs": 1, "max_steps": 4,
+    "batch_size": 4, "eval_batch_size": 4, "grad_accum": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+    "max_train_examples": 0, "max_eval_examples": 8, "eval_before_train": True, "seed": 42, "save_steps": 2,
+    "logging_steps": 1, "merge": False, "gradient_checkpointing": False, "autocast": "none",
 }
+
+
+def train_params(**overrides: Any) -> TrainParams:
+    """The validated train section the tests run: pinned params.yaml < TINY_VALUES < `overrides`."""
+    return TrainParams.model_validate(pinned("train", **{**TINY_VALUES, **overrides}))
+
+
+PARAMS = train_params()
 
 
 def chat(i: int, rng: random.Random) -> dict[str, Any]:
@@ -76,7 +88,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained(base_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainPaths, dict]:
     """One packed LoRA run shared by the output tests (trl/peft imports dominate the cost)."""
     paths = make_paths(tmp_path_factory.mktemp("run"), base_dir, data_dir)
-    return paths, train(dict(PARAMS, merge=True), paths)
+    return paths, train(train_params(merge=True), paths)
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -133,7 +145,7 @@ def test_collated_labels_cover_only_assistant_tokens(base_dir: Path, tmp_path: P
 
     rng = random.Random(1)
     records = [{"messages": chat(i, rng)["messages"]} for i in range(6)]
-    params = dict(PARAMS, packing=packing, packing_layout=layout, max_length=512)  # no example is truncated
+    params = train_params(packing=packing, packing_layout=layout, max_length=512)  # no example is truncated
     tokenizer = load_tokenizer(base_dir)
     trainer = SFTTrainer(model=load_causal_lm(base_dir), args=sft_config(params, make_paths(tmp_path, base_dir, tmp_path), "cpu"),
                          train_dataset=Dataset.from_list(records), processing_class=tokenizer,
@@ -198,10 +210,9 @@ def test_cli_trains_padded_batches(base_dir: Path, data_dir: Path, tmp_path: Pat
     from stages.train import main
     from tests.pinned_params import params_file
 
-    params = dict(PARAMS, packing=False, max_steps=2, save_steps=10, max_eval_examples=4, eval_before_train=False)
-    # the pinned params.yaml under the test's values (closed-book, fp32: what the dict-driven tests run)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(train=dict(params, context="none",
-                                                                                autocast="none"))))
+    params = train_params(packing=False, max_steps=2, save_steps=10, max_eval_examples=4, eval_before_train=False)
+    # the pinned params.yaml under the test's values (closed-book, fp32: what the other tests run)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_file(train=params.model_dump())))
     monkeypatch.chdir(tmp_path)
     args = ["--data-dir", str(data_dir), "--base-dir", str(base_dir)]
     assert run_cli(main, args) == 0
@@ -223,7 +234,7 @@ def test_killed_run_resumes_from_last_checkpoint(base_dir: Path, data_dir: Path,
                 raise StopTraining("simulated kill")
 
     paths = make_paths(tmp_path, base_dir, data_dir)
-    params = dict(PARAMS, max_steps=5, eval_before_train=False, max_eval_examples=2)
+    params = train_params(max_steps=5, eval_before_train=False, max_eval_examples=2)
     with pytest.raises(StopTraining):
         train(params, paths, callbacks=[Kill()])
     assert (paths.checkpoint_dir / "checkpoint-2" / "optimizer.pt").is_file()
@@ -246,7 +257,8 @@ def test_killed_run_resumes_from_last_checkpoint(base_dir: Path, data_dir: Path,
     assert again["steps"] == 5 and again["eval_loss"] == resumed["eval_loss"]
     assert (paths.adapter_dir / "adapter_model.safetensors").read_bytes() == adapter
 
-    changed = train(dict(params, learning_rate=0.0005, max_steps=1), paths)  # other params: start clean
+    changed = train(train_params(max_steps=1, eval_before_train=False, max_eval_examples=2, learning_rate=0.0005),
+                    paths)  # other params: start clean
     assert changed["resumed_from_step"] == 0 and changed["steps"] == 1
     assert sorted(p.name for p in paths.checkpoint_dir.glob("checkpoint-*")) == ["checkpoint-1"]
 
@@ -254,8 +266,8 @@ def test_killed_run_resumes_from_last_checkpoint(base_dir: Path, data_dir: Path,
 def test_cpu_autocast_follows_params(tmp_path: Path) -> None:
     """train.autocast: bf16 makes accelerate run CPU forwards under bf16 autocast; none keeps fp32."""
     paths = make_paths(tmp_path, tmp_path, tmp_path)
-    assert sft_config({**PARAMS, "autocast": "bf16"}, paths, "cpu").bf16 is True
-    assert sft_config({**PARAMS, "autocast": "none"}, paths, "cpu").bf16 is False
+    assert sft_config(train_params(autocast="bf16"), paths, "cpu").bf16 is True
+    assert sft_config(train_params(autocast="none"), paths, "cpu").bf16 is False
 
 
 def test_prepare_checkpoints_keeps_matching_and_clears_others(tmp_path: Path) -> None:
@@ -273,8 +285,10 @@ def test_prepare_checkpoints_keeps_matching_and_clears_others(tmp_path: Path) ->
 def test_fingerprint_follows_params_and_data_not_output_knobs(tmp_path: Path) -> None:
     records = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
     base = run_fingerprint(PARAMS, records, [], tmp_path)
-    assert run_fingerprint(dict(PARAMS, merge=True, save_steps=99), records, [], tmp_path) == base
-    assert run_fingerprint(dict(PARAMS, learning_rate=0.1), records, [], tmp_path) != base
+    assert run_fingerprint(train_params(merge=True, save_steps=99, logging_steps=7), records, [], tmp_path) == base
+    assert run_fingerprint(train_params(learning_rate=0.1), records, [], tmp_path) != base
+    assert run_fingerprint(train_params(weight_decay=0.01), records, [], tmp_path) != base
+    assert run_fingerprint(train_params(max_grad_norm=0.5), records, [], tmp_path) != base
     assert run_fingerprint(PARAMS, records * 2, [], tmp_path) != base
 
 
@@ -317,7 +331,7 @@ def test_quantized_lora_on_cpu(base_dir: Path, data_dir: Path, tmp_path: Path, q
     model = load_causal_lm(base_dir, quantization, "cpu")
     if not any(isinstance(m, layer) for m in model.modules()):
         pytest.skip(f"bitsandbytes did not quantize to {quantization} on this CPU")
-    metrics = train(dict(PARAMS, quantization=quantization, max_steps=2, save_steps=10, max_eval_examples=4,
-                         eval_before_train=False), make_paths(tmp_path, base_dir, data_dir))
+    metrics = train(train_params(quantization=quantization, max_steps=2, save_steps=10, max_eval_examples=4,
+                                 eval_before_train=False), make_paths(tmp_path, base_dir, data_dir))
     assert metrics["quantization"] == quantization and metrics["steps"] == 2
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["eval_loss"])

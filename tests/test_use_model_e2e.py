@@ -35,7 +35,7 @@ def test_train_export_chat_serve_web(tiny_model_dir: Path, tmp_path: Path, gradi
     build_base_model(str(tiny_model_dir), base)
     make_data(tmp_path / "data" / "merge")
     paths = make_paths(tmp_path, base, tmp_path / "data" / "merge")
-    train(dict(PARAMS), paths)
+    train(PARAMS, paths)
     assert (paths.adapter_dir / "adapter_config.json").is_file()
 
     # export: merged + GGUF, checked against the merged model

@@ -10,9 +10,12 @@ import hashlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stages.common.jsonl import dumps, read_json, write_json
+
+if TYPE_CHECKING:
+    from stages.common.schema import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +24,11 @@ FINGERPRINT_FILE = "run_fingerprint.json"
 OUTPUT_ONLY_KEYS = {"merge", "save_steps", "logging_steps"}
 
 
-def run_fingerprint(params: dict[str, Any], train: list[dict], validation: list[dict], base_dir: Path) -> str:
-    """Hash of everything that changes the optimisation: a checkpoint from another fingerprint is not resumable."""
+def run_fingerprint(params: TrainParams, train: list[dict], validation: list[dict], base_dir: Path) -> str:
+    """Hash of everything that changes the optimisation: a checkpoint from another fingerprint is not resumable.
+    Every train param counts (the whole validated section, sorted keys) except OUTPUT_ONLY_KEYS."""
     digest = hashlib.sha256()
-    digest.update(dumps({k: v for k, v in params.items() if k not in OUTPUT_ONLY_KEYS}).encode())
+    digest.update(dumps({k: v for k, v in params.model_dump().items() if k not in OUTPUT_ONLY_KEYS}).encode())
     for record in (*train, {"split": "validation"}, *validation):
         digest.update(dumps(record).encode())
     for name in ("config.json", "base_model.json", "model.safetensors"):

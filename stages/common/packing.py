@@ -7,9 +7,10 @@ throughput benchmark.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stages.common.cli import StageError
+if TYPE_CHECKING:
+    from stages.common.schema import TrainParams
 
 
 class RowPackedCollator:
@@ -55,12 +56,9 @@ class CountingCollator:
         return self.inner(examples)
 
 
-def choose_collator(params: dict[str, Any], tokenizer: Any, trl_collator: Any) -> Any:
-    """packing + layout rows (default): RowPackedCollator; layout flat: trl's one-row padding-free batches (best
-    with flash-attention varlen kernels on GPU); no packing: trl's padded batches."""
-    layout = str(params.get("packing_layout", "rows"))
-    if layout not in ("rows", "flat"):
-        raise StageError(f"train.packing_layout must be rows or flat, got {layout!r}")
-    if params.get("packing", True) and layout == "rows":
+def choose_collator(params: TrainParams, tokenizer: Any, trl_collator: Any) -> Any:
+    """packing + layout rows: RowPackedCollator; layout flat: trl's one-row padding-free batches (best with
+    flash-attention varlen kernels on GPU); no packing: trl's padded batches. (The schema allows rows | flat.)"""
+    if params.packing and params.packing_layout == "rows":
         return RowPackedCollator(tokenizer.pad_token_id)
     return trl_collator

@@ -278,7 +278,10 @@ class TrainParams(StageParams):
     epochs: Annotated[int | float, Field(gt=0)]  # an int stays an int (the run fingerprint hashes it)
     max_steps: Annotated[int, Field(ge=-1)]
     batch_size: PositiveInt
+    eval_batch_size: PositiveInt
     grad_accum: PositiveInt
+    weight_decay: Annotated[float, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(ge=0)]  # 0 = no gradient clipping (transformers)
     max_train_examples: NonNegativeInt
     max_eval_examples: NonNegativeInt
     eval_before_train: bool
