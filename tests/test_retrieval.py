@@ -153,6 +153,19 @@ def test_bf16_embeddings_key_apart_and_queries_follow_the_index(tmp_path, monkey
     assert seen == ["none", "bf16"]
 
 
+def test_index_from_an_older_build_is_refused_in_one_line(tmp_path):
+    """meta.json carries the build's params; a reader must not guess them (a guess embeds queries unlike chunks)."""
+    from stages.common.cli import StageError
+    from stages.common.jsonl import read_json, write_json
+
+    index_dir = build_tiny_index(tmp_path, CHUNKS[:3])
+    meta = read_json(index_dir / "meta.json")
+    del meta["embedding"]["autocast"], meta["query"]["rrf_k"]
+    write_json(index_dir / "meta.json", meta)
+    with pytest.raises(StageError, match=r"lacks embedding\.autocast, query\.rrf_k: .*dvc repro index"):
+        Retriever.load(index_dir)
+
+
 def test_bad_index_param_is_one_line_and_touches_nothing(tmp_path, repo_root):
     import yaml
 

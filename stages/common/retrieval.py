@@ -161,6 +161,12 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[int]], weights: Sequence[
     return sorted(scores, key=lambda d: (-scores[d], d))
 
 
+# What the index build records in meta.json and every reader needs: the build's own params, so a query is
+# embedded and fused the way the index was built (params.yaml may have moved on since).
+META_KEYS = {"embedding": ("model", "max_seq_length", "autocast"),
+             "query": ("rrf_k", "bm25_weight", "dense_weight", "candidates", "project_filter", "dense_backend")}
+
+
 class Retriever:
     """Loaded index; `search` answers one query, `search_batch` many (one encoder call)."""
 
@@ -173,11 +179,11 @@ class Retriever:
         self.meta = meta
         self._encoder = encoder
         self.ann = ann
-        query = meta.get("query", {})
-        self.rrf_k = int(query.get("rrf_k", 60))
-        self.weights = (float(query.get("bm25_weight", 1.0)), float(query.get("dense_weight", 1.0)))
-        self.candidates = int(query.get("candidates", 50))
-        self.project_filter = str(query.get("project_filter", "none"))
+        query = meta["query"]  # the index params it was built with (checked by `load`)
+        self.rrf_k = int(query["rrf_k"])
+        self.weights = (float(query["bm25_weight"]), float(query["dense_weight"]))
+        self.candidates = int(query["candidates"])
+        self.project_filter = str(query["project_filter"])
         self.projects = sorted({c["project"] for c in chunks if c.get("project")})
         self._by_project: dict[str, np.ndarray] = {}
 
@@ -191,12 +197,17 @@ class Retriever:
         if not meta_path.is_file():
             raise StageError(f"no retrieval index at {index_dir} (meta.json missing): run `dvc repro index` first")
         meta = read_json(meta_path)
+        missing = [f"{part}.{key}" for part, keys in META_KEYS.items() for key in keys
+                   if not isinstance(meta.get(part), dict) or key not in meta[part]]
+        if missing:
+            raise StageError(f"{meta_path} lacks {', '.join(missing)}: an index from an older build; "
+                             "run `dvc repro index`")
         chunks = [{k: c.get(k) for k in CHUNK_FIELDS} for c in read_jsonl(index_dir / "chunks.jsonl")]
         embeddings = np.load(index_dir / "embeddings.npy").astype(np.float32)
         if len(chunks) != len(embeddings):
             raise StageError(f"{index_dir}: {len(chunks)} chunks but {len(embeddings)} embeddings (rebuild the index)")
         bm25 = bm25s.BM25.load(str(index_dir / "bm25"))
-        backend = dense_backend or meta.get("query", {}).get("dense_backend", "exact")
+        backend = dense_backend or meta["query"]["dense_backend"]
         ann = load_ann(index_dir, embeddings.shape[1]) if backend == "usearch" else None
         retriever = cls(index_dir, chunks, embeddings, bm25, meta, ann=ann)
         retriever._device = device
@@ -206,7 +217,7 @@ class Retriever:
     def encoder(self) -> Any:
         if self._encoder is None:
             emb = self.meta["embedding"]
-            self._encoder = load_encoder(emb["model"], emb.get("max_seq_length"), getattr(self, "_device", "cpu"))
+            self._encoder = load_encoder(emb["model"], emb["max_seq_length"], getattr(self, "_device", "cpu"))
         return self._encoder
 
     # ------------------------------------------------------------------ ranking
@@ -223,7 +234,7 @@ class Retriever:
         n = min(n, len(self.chunks))
         if n == 0:
             return [[] for _ in queries]
-        vectors = encode(self.encoder, queries, autocast=self.meta["embedding"].get("autocast", "none"))
+        vectors = encode(self.encoder, queries, autocast=self.meta["embedding"]["autocast"])
         if self.ann is not None:
             matches = self.ann.search(vectors, n)
             keys = matches.keys if vectors.shape[0] > 1 else [matches.keys]
