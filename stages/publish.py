@@ -27,7 +27,7 @@ import yaml
 from stages.common.cli import StageError, run_cli, setup_logging, stage_parser
 from stages.common.jsonl import read_json, read_jsonl
 from stages.common.params import load_params
-from stages.common.schema import PublishParams, load_stage_params
+from stages.common.schema import PublishParams, TrainParams, load_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def model_upload(repo_id: str, paths: Paths, params: dict[str, Any], dataset_rep
 
 def base_model_meta(paths: Paths, params: dict[str, Any], override: str) -> tuple[str | None, str | None]:
     """(Hub id, licence) of the base model for the card header."""
-    name = str((params.get("train") or {}).get("base_model") or "")
+    name = str(params["train"]["base_model"])
     info_path = paths.base / "base_model.json"
     if info_path.is_file():
         name = str(read_json(info_path).get("name") or name)
@@ -126,7 +126,7 @@ def model_card(paths: Paths, params: dict[str, Any], dataset_repo: str, base_mod
     hub_id, licence = base_model_meta(paths, params, base_model_id)
     if hub_id is None:
         log.warning("base model %s has no Hub id: the card has no base_model (set publish.base_model_id)",
-                    (params.get("train") or {}).get("base_model"))
+                    params["train"]["base_model"])
     data = ModelCardData(base_model=hub_id, license=licence, library_name="peft", pipeline_tag="text-generation",
                          datasets=[dataset_repo] if dataset_repo else None, language=["en"],
                          tags=["cncf", "kubernetes", "lora", "gguf", "rag"])
@@ -239,7 +239,7 @@ def licence_section(data_dir: Path, hub_id: str | None, licence: str | None) -> 
 
 
 def training_section(args_path: Path, params: dict[str, Any]) -> str:
-    used = read_json(args_path) if args_path.is_file() else {"train": params.get("train") or {}}
+    used = read_json(args_path) if args_path.is_file() else {"train": params["train"]}
     return ("## Training parameters\n```yaml\n" + yaml.safe_dump(used, sort_keys=True, allow_unicode=True).rstrip()
             + "\n```")
 
@@ -299,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     cfg = load_stage_params("publish", PublishParams, args.params)  # refused in one line before anything is read
+    load_stage_params("train", TrainParams, args.params)  # the card names train.base_model and the train params
     params = load_params(None, args.params)
     uploads = plan(params, cfg, Paths(), args.only)
     if args.dry_run:
