@@ -11,6 +11,7 @@ import yaml
 
 from stages.common.cli import run_cli
 from stages.publish import main
+from tests.pinned_params import params_file
 
 TOKEN = "hf_test_token_value_not_real"
 CARD = """---
@@ -71,9 +72,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name, data_bytes in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data_bytes)
-    params = {"train": {"base_model": "smollm2-135m-instruct"},
-              "publish": {"dataset_repo": "me/cncf-qa", "model_repo": "me/cncf-llm", "private": True,
-                          "base_model_id": ""}}
+    params = params_file(train={"base_model": "smollm2-135m-instruct"},
+                         publish={"dataset_repo": "me/cncf-qa", "model_repo": "me/cncf-llm", "private": True,
+                                  "base_model_id": ""})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
 
